@@ -1,0 +1,33 @@
+# The README's commands. `make test` sets up .venv on first use, then runs pytest.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# Prefer Python 3.12 (espnet 202611), else python3. The pyenv shim python3.12 is
+# found on PATH but only runs with PYENV_VERSION set: probe by running it.
+SYSTEM_PYTHON := $(shell for c in "python3.12" "env PYENV_VERSION=3.12.1 python3.12" "python3"; do \
+	$$c --version >/dev/null 2>&1 && { echo "$$c"; break; }; done)
+# pip repeats a harmless line per package for this machine's local mirrors.
+PIP_QUIET := grep -v "^WARNING: Location 'file:" || true
+
+.PHONY: test test-fast venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | { $(PIP_QUIET); }
+	$(PY) -m pip install -q -e '.[test]' 2>&1 | { $(PIP_QUIET); }
+	touch $@
+
+# Everything, the slow end-to-end runs included (what CI runs).
+test: venv
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+
+# The default development loop: skips tests marked slow.
+test-fast: venv
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

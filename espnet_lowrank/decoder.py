@@ -1,0 +1,77 @@
+"""``lowrank_transformer``: ESPnet's Transformer decoder with factorised sub-layers."""
+
+from typing import Any, Dict, List, Optional
+
+from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
+from typeguard import typechecked
+
+from espnet_lowrank._compat import PositionalEncoding
+from espnet_lowrank._passthrough import parent_kwargs
+from espnet_lowrank.surgery import CheckedStateDictLoading, factorize_blocks
+
+
+def _attention(name: str) -> tuple:
+    return tuple(f"{name}.linear_{part}" for part in ("q", "k", "v", "out"))
+
+
+#: Layer groups of one decoder block, by sub-layer path.
+DECODER_GROUPS = {
+    "self_attention": _attention("self_attn"),
+    "src_attention": _attention("src_attn"),
+    "feed_forward": ("feed_forward.w_1", "feed_forward.w_2"),
+}
+
+
+class LowRankTransformerDecoder(CheckedStateDictLoading, TransformerDecoder):
+    """Transformer decoder whose self-attention, source-attention and/or
+    feed-forward layers are trained as ``U·V`` factors; settings as in
+    :class:`espnet_lowrank.encoder.LowRankConformerEncoder`."""
+
+    @typechecked
+    def __init__(
+        self,
+        vocab_size: int,
+        encoder_output_size: int,
+        attention_heads: int = 4,
+        linear_units: int = 2048,
+        num_blocks: int = 6,
+        dropout_rate: float = 0.1,
+        positional_dropout_rate: float = 0.1,
+        self_attention_dropout_rate: float = 0.0,
+        src_attention_dropout_rate: float = 0.0,
+        input_layer: str = "embed",
+        use_output_layer: bool = True,
+        pos_enc_class=PositionalEncoding,
+        normalize_before: bool = True,
+        concat_after: bool = False,
+        layer_drop_rate: float = 0.0,
+        qk_norm: bool = False,
+        use_flash_attn: bool = True,
+        gradient_checkpoint_layers: List[int] = [],
+        use_sdpa: bool = False,
+        lowrank_self_attention: Optional[Dict[str, Any]] = None,
+        lowrank_src_attention: Optional[Dict[str, Any]] = None,
+        lowrank_feed_forward: Optional[Dict[str, Any]] = None,
+        lowrank_init: str = "svd",
+        lowrank_dense_init: str = "pytorch",
+    ):
+        super().__init__(
+            **parent_kwargs(
+                TransformerDecoder.__init__,
+                LowRankTransformerDecoder.__init__,
+                locals(),
+                "decoder_conf",
+            )
+        )
+        self.lowrank_ranks = factorize_blocks(
+            self.decoders,
+            DECODER_GROUPS,
+            {
+                "self_attention": lowrank_self_attention,
+                "src_attention": lowrank_src_attention,
+                "feed_forward": lowrank_feed_forward,
+            },
+            init=lowrank_init,
+            dense_init=lowrank_dense_init,
+            key_prefix="decoder_conf.lowrank_",
+        )

@@ -1,0 +1,99 @@
+"""``lowrank_conformer``: ESPnet's Conformer encoder with factorised sub-layers."""
+
+from typing import Any, Dict, List, Optional, Union
+
+from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+from typeguard import typechecked
+
+from espnet_lowrank._passthrough import parent_kwargs
+from espnet_lowrank.surgery import CheckedStateDictLoading, factorize_blocks
+
+#: Layer groups of one Conformer block, by sub-layer path.
+ENCODER_GROUPS = {
+    "attention": (
+        "self_attn.linear_q",
+        "self_attn.linear_k",
+        "self_attn.linear_v",
+        "self_attn.linear_out",
+    ),
+    "feed_forward": (
+        "feed_forward.w_1",
+        "feed_forward.w_2",
+        "feed_forward_macaron.w_1",
+        "feed_forward_macaron.w_2",
+    ),
+    "convolution": ("conv_module.pointwise_conv1", "conv_module.pointwise_conv2"),
+}
+
+
+class LowRankConformerEncoder(CheckedStateDictLoading, ConformerEncoder):
+    """Conformer encoder whose attention, feed-forward and/or convolution
+    pointwise layers are trained as ``U·V`` factors.
+
+    Takes every ``ConformerEncoder`` argument, plus one ``lowrank_<group>``
+    per group (``null`` keeps it dense, or a rank mapping such as
+    ``{mapping: linear, start: 0.25, end: 0.12, multiple_of: 8}``),
+    ``lowrank_init`` (``svd`` or ``random``) and ``lowrank_dense_init`` (the
+    dense distribution the SVD starts from; match it to ESPnet's ``init``).
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int = 256,
+        attention_heads: int = 4,
+        linear_units: int = 2048,
+        num_blocks: int = 6,
+        dropout_rate: float = 0.1,
+        positional_dropout_rate: float = 0.1,
+        attention_dropout_rate: float = 0.0,
+        input_layer: Optional[str] = "conv2d",
+        normalize_before: bool = True,
+        concat_after: bool = False,
+        positionwise_layer_type: str = "linear",
+        positionwise_conv_kernel_size: int = 3,
+        macaron_style: bool = False,
+        rel_pos_type: str = "legacy",
+        pos_enc_layer_type: str = "rel_pos",
+        selfattention_layer_type: str = "rel_selfattn",
+        activation_type: str = "swish",
+        use_cnn_module: bool = True,
+        zero_triu: bool = False,
+        cnn_module_kernel: int = 31,
+        padding_idx: int = -1,
+        interctc_layer_idx: List[int] = [],
+        interctc_use_conditioning: bool = False,
+        ctc_trim: bool = False,
+        stochastic_depth_rate: Union[float, List[float]] = 0.0,
+        layer_drop_rate: float = 0.0,
+        max_pos_emb_len: int = 5000,
+        qk_norm: bool = False,
+        use_flash_attn: bool = True,
+        use_sdpa: bool = False,
+        lowrank_attention: Optional[Dict[str, Any]] = None,
+        lowrank_feed_forward: Optional[Dict[str, Any]] = None,
+        lowrank_convolution: Optional[Dict[str, Any]] = None,
+        lowrank_init: str = "svd",
+        lowrank_dense_init: str = "pytorch",
+    ):
+        super().__init__(
+            **parent_kwargs(
+                ConformerEncoder.__init__,
+                LowRankConformerEncoder.__init__,
+                locals(),
+                "encoder_conf",
+            )
+        )
+        self.lowrank_ranks = factorize_blocks(
+            self.encoders,
+            ENCODER_GROUPS,
+            {
+                "attention": lowrank_attention,
+                "feed_forward": lowrank_feed_forward,
+                "convolution": lowrank_convolution,
+            },
+            init=lowrank_init,
+            dense_init=lowrank_dense_init,
+            key_prefix="encoder_conf.lowrank_",
+        )

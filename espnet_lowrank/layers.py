@@ -1,0 +1,237 @@
+"""Low-rank layers: W = U·V, trained as two factors.
+
+One shared core (:class:`LowRankLinear`) owns the factors, their spectral
+initialisation, merging back to a dense weight and the cost counts. The
+Conformer's pointwise ``Conv1d(kernel_size=1)`` is the same matrix applied
+channels-first, so its twin only changes ``forward`` and how a dense weight is
+shaped.
+"""
+
+import math
+from typing import Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Dense initialisations a factor pair can be spectrally initialised from.
+#: ``pytorch`` is torch's own default for ``nn.Linear``/``nn.Conv1d`` (what a
+#: model gets when ESPnet's ``init`` is ``none``); the others mirror ESPnet's
+#: ``--init`` choices so a low-rank model can start from the same dense
+#: distribution as its dense twin.
+DENSE_INITS = (
+    "pytorch",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "normal",
+)
+#: How the factors start: ``svd`` truncates the SVD of a dense random matrix
+#: (the paper's spectral init); ``random`` draws each factor on its own.
+FACTOR_INITS = ("svd", "random")
+
+
+def draw_dense_weight(
+    out_features: int, in_features: int, scheme: str
+) -> torch.Tensor:
+    """A fresh dense ``out × in`` weight drawn the way ``scheme`` says."""
+    weight = torch.empty(out_features, in_features)
+    if scheme == "pytorch":
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    elif scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(weight)
+    elif scheme == "xavier_normal":
+        nn.init.xavier_normal_(weight)
+    elif scheme == "kaiming_uniform":
+        nn.init.kaiming_uniform_(weight, nonlinearity="relu")
+    elif scheme == "kaiming_normal":
+        nn.init.kaiming_normal_(weight, nonlinearity="relu")
+    elif scheme == "normal":
+        nn.init.normal_(weight, mean=0.0, std=0.02)
+    else:
+        raise ValueError(
+            f"dense_init={scheme!r} is unknown; choose one of {', '.join(DENSE_INITS)}"
+        )
+    return weight
+
+
+def spectral_factors(
+    weight: torch.Tensor, rank: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` factors ``U (out×r)``, ``V (r×in)`` of ``weight``.
+
+    Truncated SVD with √S given to both sides, so the factors start balanced
+    (``UᵀU = VVᵀ = S``) and get gradients of the same scale.
+    """
+    left, singular, right_t = torch.linalg.svd(weight.double(), full_matrices=False)
+    root = singular[:rank].sqrt()
+    u = left[:, :rank] * root
+    v = root[:, None] * right_t[:rank]
+    return u.to(weight.dtype), v.to(weight.dtype)
+
+
+class LowRankLinear(nn.Module):
+    """``y = U (V x) + b`` with ``V: r × in`` and ``U: out × r``.
+
+    A drop-in for ``nn.Linear``. Above the break-even rank
+    ``in·out / (in + out)`` it has *more* parameters than the dense layer.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        init: str = "svd",
+        dense_init: str = "pytorch",
+    ):
+        super().__init__()
+        full_rank = min(in_features, out_features)
+        if not 1 <= rank <= full_rank:
+            raise ValueError(
+                f"rank={rank} is out of range for a {out_features}×{in_features} "
+                f"weight: it must be between 1 and {full_rank}"
+            )
+        if init not in FACTOR_INITS:
+            raise ValueError(
+                f"init={init!r} is unknown; choose one of {', '.join(FACTOR_INITS)}"
+            )
+        if dense_init not in DENSE_INITS:
+            raise ValueError(
+                f"dense_init={dense_init!r} is unknown; "
+                f"choose one of {', '.join(DENSE_INITS)}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.init = init
+        self.dense_init = dense_init
+        self.V = nn.Parameter(torch.empty(rank, in_features))
+        self.U = nn.Parameter(torch.empty(out_features, rank))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    # -- initialisation -------------------------------------------------------
+    def reset_parameters(self) -> None:
+        self.reset_factors()
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @torch.no_grad()
+    def reset_factors(self) -> None:
+        """Initialise U and V as ``init`` says (the bias is left alone)."""
+        if self.init == "svd":
+            dense = draw_dense_weight(self.out_features, self.in_features, self.dense_init)
+            u, v = spectral_factors(dense, self.rank)
+            self.U.copy_(u)
+            self.V.copy_(v)
+        else:
+            nn.init.kaiming_uniform_(self.U, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(self.V, a=math.sqrt(5))
+
+    def espnet_initialization_fn(self) -> None:
+        """Called by ESPnet's ``initialize()`` after ``--init`` has overwritten
+        U and V independently, which breaks the spectral init: redo it. The
+        bias keeps the value ``--init`` gave it."""
+        self.reset_factors()
+
+    # -- conversion from and to dense -----------------------------------------
+    @classmethod
+    def from_dense(
+        cls, dense: nn.Module, rank: int, init: str = "svd", dense_init: str = "pytorch"
+    ) -> "LowRankLinear":
+        """Replace a dense layer: with ``init='svd'`` its own weight is
+        factorised (so full rank reproduces it), with ``random`` only its
+        shape and bias are kept."""
+        matrix = cls._weight_as_matrix(dense.weight.detach())
+        out_features, in_features = matrix.shape
+        layer = cls(in_features, out_features, rank, dense.bias is not None, init, dense_init)
+        layer.to(device=matrix.device, dtype=matrix.dtype)
+        with torch.no_grad():
+            if init == "svd":
+                u, v = spectral_factors(matrix, rank)
+                layer.U.copy_(u)
+                layer.V.copy_(v)
+            if dense.bias is not None:
+                layer.bias.copy_(dense.bias)
+        return layer
+
+    def to_dense_weight(self) -> torch.Tensor:
+        """The merged weight ``U·V``, shaped like the dense layer's weight."""
+        return self._matrix_as_weight(self.U @ self.V)
+
+    def to_dense(self) -> nn.Module:
+        """A dense layer computing the same function (for export or checks)."""
+        dense = self._make_dense()
+        dense.to(device=self.U.device, dtype=self.U.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.to_dense_weight())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    def _make_dense(self) -> nn.Module:
+        return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+
+    @staticmethod
+    def _weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+    @staticmethod
+    def _matrix_as_weight(matrix: torch.Tensor) -> torch.Tensor:
+        return matrix
+
+    # -- cost -----------------------------------------------------------------
+    def num_parameters(self) -> int:
+        bias = self.out_features if self.bias is not None else 0
+        return self.rank * (self.in_features + self.out_features) + bias
+
+    def dense_num_parameters(self) -> int:
+        bias = self.out_features if self.bias is not None else 0
+        return self.in_features * self.out_features + bias
+
+    def macs_per_position(self) -> int:
+        """Multiply-adds for one input vector (one frame or token)."""
+        return self.rank * (self.in_features + self.out_features)
+
+    def dense_macs_per_position(self) -> int:
+        return self.in_features * self.out_features
+
+    # -- compute --------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.V), self.U, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}, bias={self.bias is not None}, init={self.init}"
+        )
+
+
+class LowRankPointwiseConv1d(LowRankLinear):
+    """Channels-first twin of :class:`LowRankLinear` for ``Conv1d(k=1)``:
+    input and output are ``(batch, channels, time)``."""
+
+    def _make_dense(self) -> nn.Module:
+        return nn.Conv1d(
+            self.in_features, self.out_features, kernel_size=1, bias=self.bias is not None
+        )
+
+    @staticmethod
+    def _weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
+        if weight.dim() != 3 or weight.shape[-1] != 1:
+            raise ValueError(
+                f"a pointwise Conv1d weight is (out, in, 1); got {tuple(weight.shape)}"
+            )
+        return weight[..., 0]
+
+    @staticmethod
+    def _matrix_as_weight(matrix: torch.Tensor) -> torch.Tensor:
+        return matrix.unsqueeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.conv1d(x, self.V.unsqueeze(-1))
+        return F.conv1d(hidden, self.U.unsqueeze(-1), self.bias)

@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="espnet-lowrank",
+    version="0.1.0",
+    description="Low-rank (W = U·V) Conformer ASR training from scratch, as an ESPnet plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["espnet_lowrank", "espnet_lowrank.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "espnet>=202511",
+        "torch",
+        "torchaudio",
+        "sentencepiece",
+        "pyyaml",
+        "typeguard",
+        # ESPnet's trainer plots attention after each epoch and crashes without it.
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+)
