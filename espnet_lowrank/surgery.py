@@ -133,14 +133,9 @@ class CheckedStateDictLoading:
             error_msgs.append(
                 f"the checkpoint does not fit this {type(self).__name__} at "
                 f"'{prefix}' (a dense checkpoint, or other ranks or groups?): "
-                f"missing keys {_shorten(missing)}; unexpected keys {_shorten(unexpected)}"
+                f"missing keys [{', '.join(missing)}]; unexpected keys [{', '.join(unexpected)}]"
             )
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-
-def _shorten(keys: List[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"[{shown}]{more}" if keys else "[]"
