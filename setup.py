@@ -18,6 +18,10 @@ setup(
         # ESPnet's trainer plots attention after each epoch and crashes without it.
         "matplotlib",
         "tqdm",
+        # ESPnet's trainer imports it whenever use_tensorboard is true (the default).
+        "tensorboard",
+        # ESPnet computes validation CER/WER with it but does not require it.
+        "editdistance",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
 )

@@ -5,8 +5,11 @@ is the count of the model ESPnet itself builds from that file.
 """
 
 import argparse
+import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
+
+import yaml
 
 import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
 from espnet2.tasks.asr import ASRTask
@@ -23,15 +26,30 @@ def config_args(
     config: Union[str, Path],
     token_list: Optional[Sequence[str]] = None,
     vocab_size: Optional[int] = None,
-    overrides: Sequence[str] = (),
+    overrides: Mapping[str, Any] = {},
 ) -> argparse.Namespace:
-    """ESPnet's parsed training arguments for ``config``. The vocabulary comes
-    from ``token_list``, from ``vocab_size`` placeholder tokens, or from the
-    config's own ``token_list`` file, in that order."""
+    """ESPnet's training arguments for ``config``: the parser's defaults, then
+    the YAML (a hand-written one or the ``config.yaml`` a training run saved),
+    then ``overrides``. The vocabulary comes from ``token_list``, from
+    ``vocab_size`` placeholder tokens, or from the config's own
+    ``token_list`` (a file, or the list a saved config holds), in that order."""
     config = Path(config)
     if not config.is_file():
         raise FileNotFoundError(f"config {config} does not exist")
-    args = ASRTask.get_parser().parse_args(["--config", str(config), *overrides])
+    with config.open(encoding="utf-8") as stream:
+        values = yaml.safe_load(stream) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config {config} is not a YAML mapping of options")
+    parser = ASRTask.get_parser()
+    known = {action.dest for action in parser._actions if action.option_strings}
+    # A saved config.yaml also records bookkeeping (e.g. ``required``) that
+    # the parser refuses; the parser itself must read the rest, since it
+    # converts values such as ``init: none``.
+    with tempfile.TemporaryDirectory() as tmp:
+        options = Path(tmp) / "config.yaml"
+        options.write_text(yaml.safe_dump({k: v for k, v in values.items() if k in known}))
+        args = parser.parse_args(["--config", str(options)])
+    vars(args).update(overrides)
     if token_list is not None:
         args.token_list = list(token_list)
     elif vocab_size is not None:
@@ -40,14 +58,14 @@ def config_args(
         args.token_list = ["<blank>", *(f"tok{i}" for i in range(vocab_size - 2)), "<sos/eos>"]
     elif isinstance(args.token_list, str):
         args.token_list = read_token_list(args.token_list)
-    else:
+    elif not isinstance(args.token_list, list):
         raise ValueError(
             f"{config} names no token_list: pass a token list or a vocabulary size"
         )
     return args
 
 
-def build_model(config, token_list=None, vocab_size=None, overrides=()):
+def build_model(config, token_list=None, vocab_size=None, overrides={}):
     """The ``ESPnetASRModel`` that ``asr_train`` would build from ``config``."""
     return ASRTask.build_model(config_args(config, token_list, vocab_size, overrides))
 

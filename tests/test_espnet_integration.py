@@ -25,7 +25,7 @@ def test_import_registers_both_names():
 
 @pytest.mark.parametrize("init", ["xavier_uniform", "kaiming_normal"])
 def test_svd_init_survives_espnet_init(init):
-    model = build_model(TINY / "tiny_lowrank.yaml", vocab_size=20, overrides=["--init", init])
+    model = build_model(TINY / "tiny_lowrank.yaml", vocab_size=20, overrides={"init": init})
     layers = low_rank_layers(model)
     assert len(layers) == 2 * 10 + 1 * 10
     for name, layer in layers:
@@ -39,7 +39,7 @@ def test_svd_init_survives_espnet_init(init):
 
 def test_without_svd_fix_espnet_init_would_break_the_factors():
     """The check above can fail: factors drawn independently are not balanced."""
-    model = build_model(TINY / "tiny_lowrank.yaml", vocab_size=20, overrides=["--init", "xavier_uniform"])
+    model = build_model(TINY / "tiny_lowrank.yaml", vocab_size=20, overrides={"init": "xavier_uniform"})
     name, layer = low_rank_layers(model)[0]
     torch.nn.init.xavier_uniform_(layer.U)
     torch.nn.init.xavier_uniform_(layer.V)

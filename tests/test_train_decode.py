@@ -1,0 +1,82 @@
+"""Real ESPnet training through our entry point, then decoding with ESPnet's
+own Speech2Text and asr_inference."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+from espnet2.bin.asr_inference import Speech2Text
+
+from espnet_lowrank.model_config import build_model
+from espnet_lowrank.surgery import low_rank_layers
+from tiny_data import train_command, write_tiny_data
+
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = write_tiny_data(root / "data")
+    exp = root / "exp"
+    result = subprocess.run(
+        train_command(sys.executable, CONF / "tiny_lowrank.yaml", data, exp),
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"data": data, "exp": exp, "config": exp / "config.yaml", "model": exp / "1epoch.pth"}
+
+
+def test_training_wrote_a_low_rank_checkpoint(trained):
+    state = torch.load(trained["model"], map_location="cpu")
+    assert "encoder.encoders.0.self_attn.linear_q.U" in state
+    assert "encoder.encoders.0.self_attn.linear_q.weight" not in state
+    assert "lowrank_conformer" in trained["config"].read_text()
+
+
+def test_speech2text_reproduces_the_trained_encoder(trained):
+    speech2text = Speech2Text(
+        asr_train_config=str(trained["config"]), asr_model_file=str(trained["model"]),
+        device="cpu", beam_size=2, ctc_weight=0.3, nbest=1,
+    )
+    reference = build_model(trained["config"])
+    reference.load_state_dict(torch.load(trained["model"], map_location="cpu"), strict=True)
+    reference.eval()
+    assert len(low_rank_layers(speech2text.asr_model)) == len(low_rank_layers(reference)) == 30
+    audio, _ = soundfile.read(trained["data"]["wav"], dtype="float32")
+    speech = torch.from_numpy(audio)[None]
+    lengths = torch.tensor([speech.shape[1]])
+    with torch.no_grad():
+        ours, _ = speech2text.asr_model.encode(speech, lengths)
+        theirs, _ = reference.encode(speech, lengths)
+    assert (ours - theirs).abs().max() <= 1e-5
+    text, tokens, token_ids, hyp = speech2text(audio)[0]
+    assert isinstance(text, str) and len(tokens) == len(token_ids)
+
+
+def test_asr_inference_entry_point_decodes_every_utterance(trained, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "espnet_lowrank.bin.asr_inference",
+            "--asr_train_config", str(trained["config"]),
+            "--asr_model_file", str(trained["model"]),
+            "--data_path_and_name_and_type", f"{trained['data']['dir']}/wav.scp,speech,sound",
+            "--output_dir", str(tmp_path), "--ngpu", "0", "--batch_size", "1",
+            "--beam_size", "2", "--nbest", "1",
+        ],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    decoded = (tmp_path / "1best_recog" / "text").read_text().splitlines()
+    assert sorted(line.split(" ")[0] for line in decoded) == [f"utt{i:02d}" for i in range(6)]
+
+
+def test_speech2text_refuses_a_checkpoint_that_does_not_fit(trained, tmp_path):
+    dense = build_model(CONF / "tiny_dense.yaml", token_list=trained["data"]["tokens"].read_text().split())
+    checkpoint = tmp_path / "dense.pth"
+    torch.save(dense.state_dict(), checkpoint)
+    with pytest.raises(RuntimeError, match=r"missing keys \[.*encoder.encoders.0.self_attn.linear_q.U"):
+        Speech2Text(asr_train_config=str(trained["config"]), asr_model_file=str(checkpoint), device="cpu")
