@@ -1,0 +1,1 @@
+"""Corpus preparation: Kaldi-style data dirs, LibriSpeech download and preparation."""
