@@ -1,25 +1,32 @@
 """Low-rank (W = U·V) Conformer training for ESPnet.
 
 Importing the package registers ``encoder: lowrank_conformer`` and
-``decoder: lowrank_transformer`` in ESPnet's ASR task.
+``decoder: lowrank_transformer`` in ESPnet's ASR task (when ESPnet's task
+module loads, so importing us stays cheap).
 """
 
-from espnet_lowrank.layers import LowRankLinear, LowRankPointwiseConv1d
-from espnet_lowrank.rank_mapping import RANK_MAPPINGS, break_even_rank, build_rank_mapping
-from espnet_lowrank.register import register
-from espnet_lowrank.encoder import LowRankConformerEncoder
-from espnet_lowrank.decoder import LowRankTransformerDecoder
+import importlib
 
-register()
+from espnet_lowrank.register import register, register_when_espnet_loads
 
-__all__ = [
-    "LowRankLinear",
-    "LowRankPointwiseConv1d",
-    "LowRankConformerEncoder",
-    "LowRankTransformerDecoder",
-    "RANK_MAPPINGS",
-    "break_even_rank",
-    "build_rank_mapping",
-    "register",
-]
+_LAZY = {
+    "LowRankLinear": "espnet_lowrank.layers",
+    "LowRankPointwiseConv1d": "espnet_lowrank.layers",
+    "LowRankConformerEncoder": "espnet_lowrank.encoder",
+    "LowRankTransformerDecoder": "espnet_lowrank.decoder",
+    "RANK_MAPPINGS": "espnet_lowrank.rank_mapping",
+    "break_even_rank": "espnet_lowrank.rank_mapping",
+    "build_rank_mapping": "espnet_lowrank.rank_mapping",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'espnet_lowrank' has no attribute {name!r}")
+
+
+register_when_espnet_loads()
+
+__all__ = [*_LAZY, "register"]
 __version__ = "0.1.0"

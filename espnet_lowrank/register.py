@@ -1,31 +1,61 @@
 """Make our classes choosable in ESPnet's ASR task.
 
 espnet2 has no plugin mechanism: ``encoder_choices``/``decoder_choices`` are
-module-level registries read when the argument parser is built, so we add to
-them on import, before any parser exists.
+module-level registries in ``espnet2.tasks.asr``, read when the argument
+parser is built. We add to them the moment that module has been imported (or
+at once, if it already has been), so ``import espnet_lowrank`` stays cheap for
+the pipeline's data stages, which never touch ESPnet's task.
 """
 
-from espnet2.asr.decoder.abs_decoder import AbsDecoder
-from espnet2.asr.encoder.abs_encoder import AbsEncoder
+import importlib.abc
+import importlib.util
+import sys
 
-from espnet_lowrank.decoder import LowRankTransformerDecoder
-from espnet_lowrank.encoder import LowRankConformerEncoder
-
-ENCODERS = {"lowrank_conformer": LowRankConformerEncoder}
-DECODERS = {"lowrank_transformer": LowRankTransformerDecoder}
+ASR_TASK = "espnet2.tasks.asr"
 
 
 def register() -> None:
     """Add ``lowrank_conformer`` and ``lowrank_transformer`` to ESPnet's ASR
     task (idempotent). ESPnet skips its own type check when classes are
     added this way, so it is done here."""
+    from espnet2.asr.decoder.abs_decoder import AbsDecoder
+    from espnet2.asr.encoder.abs_encoder import AbsEncoder
     from espnet2.tasks import asr
 
-    for choices, classes, base in (
-        (asr.encoder_choices, ENCODERS, AbsEncoder),
-        (asr.decoder_choices, DECODERS, AbsDecoder),
+    from espnet_lowrank.decoder import LowRankTransformerDecoder
+    from espnet_lowrank.encoder import LowRankConformerEncoder
+
+    for choices, name, cls, base in (
+        (asr.encoder_choices, "lowrank_conformer", LowRankConformerEncoder, AbsEncoder),
+        (asr.decoder_choices, "lowrank_transformer", LowRankTransformerDecoder, AbsDecoder),
     ):
-        for name, cls in classes.items():
-            assert name == name.lower(), "ESPnet lower-cases choice names"
-            assert issubclass(cls, base), f"{cls.__name__} must derive from {base.__name__}"
-            choices.classes[name] = cls
+        assert name == name.lower(), "ESPnet lower-cases choice names"
+        assert issubclass(cls, base), f"{cls.__name__} must derive from {base.__name__}"
+        choices.classes[name] = cls
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder):
+    """Runs :func:`register` right after ``espnet2.tasks.asr`` executes,
+    before anyone can build a parser from it."""
+
+    def find_spec(self, name, path, target=None):
+        if name != ASR_TASK:
+            return None
+        sys.meta_path.remove(self)  # find the real module, then stay out of the way
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            execute = spec.loader.exec_module
+
+            def execute_then_register(module):
+                execute(module)
+                register()
+
+            spec.loader.exec_module = execute_then_register
+        return spec
+
+
+def register_when_espnet_loads() -> None:
+    if ASR_TASK in sys.modules:
+        register()
+    elif not any(isinstance(finder, _RegisterAfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterImport())

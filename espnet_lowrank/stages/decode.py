@@ -1,0 +1,96 @@
+"""Stage 12: decode a test set with ``--inference_nj`` parallel
+``asr_inference`` jobs (ESPnet's own main, with our classes registered) and
+merge their 1-best texts into ``<out_dir>/text``."""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.stages import StageError
+
+
+def split_keys(keys: Sequence[str], parts: int) -> List[List[str]]:
+    """Contiguous, nearly equal, non-empty pieces of ``keys``."""
+    parts = max(1, min(parts, len(keys)))
+    size, extra = divmod(len(keys), parts)
+    pieces, start = [], 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        pieces.append(list(keys[start:end]))
+        start = end
+    return pieces
+
+
+def decode(
+    data_dir: Path, out_dir: Path, asr_train_config: Path, asr_model_file: Path,
+    inference_config: Optional[Path], nj: int, ngpu: int = 0,
+) -> Path:
+    for path, option in ((asr_train_config, "--asr_train_config"), (asr_model_file, "--asr_model_file")):
+        if not Path(path).is_file():
+            raise StageError(f"stage 12: {option} {path} does not exist: did stage 11 finish?")
+    if inference_config is not None and not Path(inference_config).is_file():
+        raise StageError(f"stage 12: --inference_config {inference_config} does not exist")
+    keys = sorted(read_table(data_dir / "wav.scp"))
+    logdir = out_dir / "logdir"
+    shutil.rmtree(logdir, ignore_errors=True)
+    logdir.mkdir(parents=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nj))))
+    jobs = []
+    for index, piece in enumerate(split_keys(keys, nj), 1):
+        key_file = logdir / f"keys.{index}.scp"
+        key_file.write_text("".join(f"{k} x\n" for k in piece))
+        command = [
+            sys.executable, "-m", "espnet_lowrank.bin.asr_inference",
+            "--asr_train_config", str(asr_train_config), "--asr_model_file", str(asr_model_file),
+            "--data_path_and_name_and_type", f"{data_dir}/wav.scp,speech,sound",
+            "--key_file", str(key_file), "--output_dir", str(logdir / f"output.{index}"),
+            "--ngpu", str(ngpu), "--batch_size", "1",
+        ]
+        if inference_config is not None:
+            command += ["--config", str(inference_config)]
+        log = (logdir / f"asr_inference.{index}.log").open("w")
+        jobs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, index))
+    failed = []
+    for process, log, index in jobs:
+        if process.wait() != 0:
+            failed.append(str(logdir / f"asr_inference.{index}.log"))
+        log.close()
+    if failed:
+        raise StageError(f"stage 12: decoding {data_dir} failed; see {', '.join(failed)}")
+    merged = {}
+    for _, _, index in jobs:
+        merged.update(read_table(logdir / f"output.{index}" / "1best_recog" / "text"))
+    missing = [k for k in keys if k not in merged]
+    # asr_inference writes no line for an utterance decoded to nothing
+    text = "".join(f"{k} {merged.get(k, '')}\n" for k in keys)
+    partial = out_dir / "text.tmp"
+    partial.write_text(text)
+    partial.replace(out_dir / "text")
+    if missing:
+        print(f"stage 12: {len(missing)} utterances decoded to empty text, e.g. {missing[0]}")
+    return out_dir / "text"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", type=Path, required=True)
+    parser.add_argument("--out_dir", type=Path, required=True)
+    parser.add_argument("--asr_train_config", type=Path, required=True)
+    parser.add_argument("--asr_model_file", type=Path, required=True)
+    parser.add_argument("--inference_config", type=Path, default=None)
+    parser.add_argument("--nj", type=int, default=1)
+    parser.add_argument("--ngpu", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = decode(args.data_dir, args.out_dir, args.asr_train_config, args.asr_model_file,
+                  args.inference_config, args.nj, args.ngpu)
+    print(f"stage 12: wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
