@@ -11,7 +11,7 @@ SYSTEM_PYTHON := $(shell for c in "python3.12" "env PYENV_VERSION=3.12.1 python3
 # pip repeats a harmless line per package for this machine's local mirrors.
 PIP_QUIET := grep -v "^WARNING: Location 'file:" || true
 
-.PHONY: test test-fast venv clean
+.PHONY: demo test test-fast venv clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q --upgrade pip 2>&1 | { $(PIP_QUIET); }
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | { $(PIP_QUIET); }
 	touch $@
+
+# The whole pipeline on the embedded corpus (synthesised here, no download), on CPU.
+demo: venv
+	cd egs2/embedded/asr1 && ./run.sh
 
 # Everything, the slow end-to-end runs included (what CI runs).
 test: venv

@@ -90,7 +90,8 @@ if run_stage 1; then
   log "stage 1: data (${corpus})"
   marker=${datadir}/.stage1.${corpus}.done
   if ! done_before "${marker}"; then
-    local/data.sh --corpus "${corpus}" --datadir "${datadir}" --download_dir "${download_dir}" \
+    data_sh=local/data.sh; [ -x "${data_sh}" ] || data_sh=${root}/local/data.sh  # a recipe's own, else ours
+    "${data_sh}" --corpus "${corpus}" --datadir "${datadir}" --download_dir "${download_dir}" \
       --librispeech_root "${librispeech_root}" --librispeech_parts "${librispeech_parts}" \
       --embedded_size "${embedded_size}" --seed "${seed}" --nj "${nj}" --python "${python}"
     touch "${marker}"
@@ -175,6 +176,7 @@ if run_stage 11; then
       $(data_args train "${train_sp}") $(data_args valid "${valid_set}") \
       --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
       --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
+      --fold_length 80000 --fold_length 150 \
       ${asr_args} >> "${asr_exp}/train.log" 2>&1 || die "stage 11 failed: see ${asr_exp}/train.log"
     touch "${asr_exp}/.done"
   fi

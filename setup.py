@@ -14,6 +14,10 @@ setup(
         "torchaudio",
         "sentencepiece",
         "pyyaml",
+        "soundfile",
+        # scoring (stage 13) and the embedded corpus's offline speech synthesis
+        "jiwer",
+        "espeakng-loader",
         "typeguard",
         # ESPnet's trainer plots attention after each epoch and crashes without it.
         "matplotlib",
@@ -24,4 +28,5 @@ setup(
         "editdistance",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
+    entry_points={"console_scripts": ["espnet-lowrank=espnet_lowrank.cli:main"]},
 )

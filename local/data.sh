@@ -31,7 +31,15 @@ case "${corpus}" in
       "${python}" -m espnet_lowrank.data.librispeech download --dest "${download_dir}" ${librispeech_parts}
       librispeech_root=${download_dir}/LibriSpeech
     fi
-    for part in ${librispeech_parts}; do prepare "${librispeech_root}" "${part}" "${part//-/_}"; done ;;
+    for part in ${librispeech_parts}; do prepare "${librispeech_root}" "${part}" "${part//-/_}"; done
+    # ESPnet's LibriSpeech recipes validate on dev = dev-clean + dev-other and train 960 h on all three parts
+    combine() {  # combine OUT SOURCE...
+      local out=$1; shift
+      for source in "$@"; do [ -d "${datadir}/${source}" ] || return 0; done
+      "${python}" -m espnet_lowrank.data.kaldi_dir "${datadir}/${out}" "${@/#/${datadir}/}"
+    }
+    combine dev dev_clean dev_other
+    combine train_960 train_clean_100 train_clean_360 train_other_500 ;;
   none)
     echo "local/data.sh: --corpus none: using the data dirs already under ${datadir}" >&2 ;;
   *) echo "local/data.sh: --corpus ${corpus} is unknown (embedded | librispeech | none)" >&2; exit 1 ;;

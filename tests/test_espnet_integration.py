@@ -52,7 +52,7 @@ def _doc_table():
         (ROOT / "docs" / "configs.md").read_text(),
         flags=re.M,
     )
-    assert len(rows) == 6
+    assert len(rows) == 8
     return rows
 
 

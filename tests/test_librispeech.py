@@ -123,3 +123,16 @@ def test_download_with_a_bad_checksum_keeps_nothing(tmp_path, server):
 def test_unknown_part_is_named(tmp_path):
     with pytest.raises(ValueError, match="'dev-dirty' is unknown"):
         librispeech.download_part("dev-dirty", tmp_path)
+
+
+def test_combine_makes_one_dir_of_several(tmp_path):
+    from espnet_lowrank.data.kaldi_dir import combine
+
+    root = make_librispeech_tree(tmp_path / "a", part="dev-clean")
+    make_librispeech_tree(tmp_path / "b", part="dev-other")
+    librispeech.prepare_part(root, "dev-clean", tmp_path / "dev_clean")
+    librispeech.prepare_part(tmp_path / "b" / "LibriSpeech", "dev-other", tmp_path / "dev_other")
+    # the same speaker ids in both parts, as the generator writes them: utterance ids clash
+    with pytest.raises(ValueError, match="appears twice"):
+        combine(tmp_path / "dev", [tmp_path / "dev_clean", tmp_path / "dev_other"])
+    assert combine(tmp_path / "dev", [tmp_path / "dev_clean"]) == 6

@@ -99,7 +99,26 @@ def read_data_dir(data_dir: Path) -> List[Utterance]:
     return [Utterance(u, speakers.get(u, u), wavs[u], texts[u]) for u in sorted(wavs)]
 
 
+def combine(out_dir: Path, sources: Iterable[Path]) -> int:
+    """One data dir holding every utterance of ``sources`` (e.g. train_960)."""
+    return write_data_dir(out_dir, (u for source in sources for u in read_data_dir(source)))
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Combine Kaldi-style data dirs.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("sources", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    print(f"combined {combine(args.out_dir, args.sources)} utterances into {args.out_dir}")
+
+
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
     with path.open("w", encoding="utf-8") as stream:
         for line in lines:
             stream.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

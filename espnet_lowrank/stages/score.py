@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 
 import jiwer
 
+from espnet_lowrank import machine
 from espnet_lowrank.data.kaldi_dir import read_table
 from espnet_lowrank.stages import StageError
 
@@ -80,7 +81,7 @@ def results_markdown(title: str, scores: Dict[str, Dict[str, Score]]) -> str:
         "## Environments",
         f"- date: `{datetime.datetime.now().strftime('%a %b %d %H:%M:%S %Y')}`",
         f"- python version: `{platform.python_version()}`",
-        f"- machine: `{platform.machine()}`, {platform.processor() or 'unknown cpu'}",
+        f"- machine: `{machine.describe()}`",
         "",
     ]
     for metric in ("WER", "CER"):

@@ -1,55 +1,192 @@
-"""Parameter counts of ESPnet ASR configs, as ESPnet builds them.
+"""What low rank buys, per layer: ``espnet-lowrank report CONFIG.yaml``.
 
-    python -m espnet_lowrank.tools.report conf/tuning/*.yaml --vocab 5000
+    espnet-lowrank report conf/tuning/train_asr_lrsms.yaml --vocab 5000 --plot ranks.png
+    espnet-lowrank report conf/tuning/*.yaml --vocab 5000 --summary   # the table in docs/configs.md
 
-prints a Markdown table (total, encoder, decoder, CTC, and the ratio to the
-first config), the table in docs/configs.md.
+Builds the model ESPnet builds from the config (vocabulary from its token list,
+or ``--vocab``) and prints every low-rank layer (module, shape, rank, ratio,
+parameters, multiply-adds per frame or token) with totals against the same
+model with every low-rank layer dense. ``--json`` prints the same for machines.
 """
 
 import argparse
+import json
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from espnet_lowrank.model_config import build_model, count_parameters
 
+#: Sub-layer name fragment -> group, as the configs name them.
+GROUPS = (
+    ("encoder", "self_attn", "attention"),
+    ("encoder", "feed_forward", "feed_forward"),
+    ("encoder", "conv_module", "convolution"),
+    ("decoder", "self_attn", "self_attention"),
+    ("decoder", "src_attn", "src_attention"),
+    ("decoder", "feed_forward", "feed_forward"),
+)
 
-def parameter_summary(config, vocab_size: Optional[int] = None) -> Dict[str, int]:
-    """Parameters of the model ESPnet builds from ``config``, total and per part."""
+
+@dataclass
+class LayerRow:
+    module: str
+    part: str  # encoder | decoder
+    group: str
+    block: int
+    d_in: int
+    d_out: int
+    rank: int
+    ratio: float
+    params: int
+    dense_params: int
+    macs: int
+    dense_macs: int
+
+
+def layer_rows(model) -> List[LayerRow]:
+    from espnet_lowrank.surgery import low_rank_layers
+
+    rows = []
+    for name, layer in low_rank_layers(model):
+        part, _, block, sub = name.split(".", 3)
+        group = next(g for p, fragment, g in GROUPS if p == part and sub.startswith(fragment))
+        rows.append(LayerRow(
+            module=name, part=part, group=group, block=int(block),
+            d_in=layer.in_features, d_out=layer.out_features, rank=layer.rank,
+            ratio=layer.rank / min(layer.in_features, layer.out_features),
+            params=layer.num_parameters(), dense_params=layer.dense_num_parameters(),
+            macs=layer.macs_per_position(), dense_macs=layer.dense_macs_per_position(),
+        ))
+    return rows
+
+
+def report(config, vocab_size: Optional[int] = None) -> Dict:
+    """Per-layer rows and totals for ``config``; ``dense`` totals are the same
+    model with every low-rank layer dense."""
     model = build_model(config, vocab_size=vocab_size)
-    summary = {"total": count_parameters(model)}
-    for part in ("encoder", "decoder", "ctc"):
+    rows = layer_rows(model)
+    total = count_parameters(model)
+    saved = sum(r.dense_params - r.params for r in rows)
+    totals = {"params": total, "dense_params": total + saved}
+    for part in ("encoder", "decoder"):
         module = getattr(model, part, None)
-        summary[part] = count_parameters(module) if module is not None else 0
-    return summary
+        part_params = count_parameters(module) if module is not None else 0
+        part_rows = [r for r in rows if r.part == part]
+        totals[f"{part}_params"] = part_params
+        totals[f"{part}_dense_params"] = part_params + sum(r.dense_params - r.params for r in part_rows)
+        totals[f"{part}_lowrank_macs_per_position"] = sum(r.macs for r in part_rows)
+        totals[f"{part}_lowrank_dense_macs_per_position"] = sum(r.dense_macs for r in part_rows)
+    totals["ctc_params"] = count_parameters(model.ctc) if getattr(model, "ctc", None) is not None else 0
+    return {"config": str(config), "layers": [asdict(r) for r in rows], "totals": totals}
 
 
-def markdown_table(configs: Sequence[str], vocab_size: Optional[int]) -> str:
-    rows: List[str] = [
+def format_report(result: Dict) -> str:
+    lines = [f"{result['config']}", ""]
+    header = f"{'module':48} {'shape':>11} {'rank':>5} {'ratio':>6} {'params':>9} {'dense':>9} {'MACs/pos':>9}"
+    lines += [header, "-" * len(header)]
+    for r in result["layers"]:
+        lines.append(
+            f"{r['module']:48} {r['d_out']:>5}x{r['d_in']:<5} {r['rank']:>5} {r['ratio']:>6.3f} "
+            f"{r['params']:>9,} {r['dense_params']:>9,} {r['macs']:>9,}"
+        )
+    t = result["totals"]
+    lines += ["", f"{'':20} {'low rank':>14} {'dense twin':>14} {'ratio':>7}"]
+    for label, ours, dense in (
+        ("total parameters", t["params"], t["dense_params"]),
+        ("encoder parameters", t["encoder_params"], t["encoder_dense_params"]),
+        ("decoder parameters", t["decoder_params"], t["decoder_dense_params"]),
+        ("encoder MACs/frame*", t["encoder_lowrank_macs_per_position"], t["encoder_lowrank_dense_macs_per_position"]),
+        ("decoder MACs/token*", t["decoder_lowrank_macs_per_position"], t["decoder_lowrank_dense_macs_per_position"]),
+    ):
+        lines.append(f"{label:20} {ours:>14,} {dense:>14,} {dense / max(ours, 1):>6.2f}×")
+    lines.append("* of the factorised layers only, per encoder frame (after subsampling) or decoder token")
+    return "\n".join(lines)
+
+
+def plot_ranks(result: Dict, path: Path) -> None:
+    """Rank ratio per block for each group, encoder and decoder side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in ("encoder", "decoder") if any(r["part"] == p for r in result["layers"])]
+    if not parts:
+        raise ValueError(f"{result['config']} has no low-rank layers to plot")
+    figure, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4), squeeze=False)
+    for axis, part in zip(axes[0], parts):
+        rows = [r for r in result["layers"] if r["part"] == part]
+        groups = list(dict.fromkeys(r["group"] for r in rows))
+        for index, group in enumerate(groups):
+            by_block: Dict[int, List[float]] = {}
+            for r in rows:
+                if r["group"] == group:
+                    by_block.setdefault(r["block"], []).append(r["ratio"])
+            blocks = sorted(by_block)
+            # distinct markers and dashes: groups often share a mapping and overlap
+            axis.plot([b + 1 for b in blocks], [max(by_block[b]) for b in blocks], label=group,
+                      marker="osD^v"[index % 5], linestyle=("-", "--", ":")[index % 3],
+                      markersize=9 - 2 * index, linewidth=2)
+        last_block = max(r["block"] for r in rows) + 1
+        axis.set(title=f"{part}: rank / min(d_in, d_out)", xlabel="block", ylabel="rank ratio",
+                 ylim=(0, 1.05), xticks=range(1, last_block + 1))
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(Path(result["config"]).name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def summary_table(configs: Sequence[str], vocab_size: Optional[int]) -> str:
+    """One Markdown row per config: parameters against the first config."""
+    rows = [
         "| config | total (M) | encoder (M) | decoder (M) | CTC (M) | fewer than first |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    first_total = None
+    first = None
     for config in configs:
-        counts = parameter_summary(config, vocab_size)
-        first_total = first_total or counts["total"]
+        t = report(config, vocab_size)["totals"]
+        first = first or t["params"]
         rows.append(
-            f"| `{Path(config).name}` | {counts['total'] / 1e6:.2f} | "
-            f"{counts['encoder'] / 1e6:.2f} | {counts['decoder'] / 1e6:.2f} | "
-            f"{counts['ctc'] / 1e6:.2f} | {first_total / counts['total']:.2f}× |"
+            f"| `{Path(config).name}` | {t['params'] / 1e6:.2f} | {t['encoder_params'] / 1e6:.2f} | "
+            f"{t['decoder_params'] / 1e6:.2f} | {t['ctc_params'] / 1e6:.2f} | {first / t['params']:.2f}× |"
         )
     return "\n".join(rows)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("configs", nargs="+", help="ESPnet ASR training YAMLs")
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="vocabulary size (default: the config's token_list)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="write a PNG of rank ratio per block (one config)")
+    parser.add_argument("--summary", action="store_true",
+                        help="one Markdown row of parameter counts per config")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.summary:
+        print(summary_table(args.configs, args.vocab))
+        return
+    results = [report(config, args.vocab) for config in args.configs]
+    if args.plot is not None:
+        if len(results) != 1:
+            raise SystemExit("--plot takes one config")
+        plot_ranks(results[0], args.plot)
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=1))
+    else:
+        print("\n\n".join(format_report(r) for r in results))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs", nargs="+", help="ESPnet ASR training YAMLs")
-    parser.add_argument(
-        "--vocab", type=int, default=None,
-        help="vocabulary size (default: the config's token_list)",
-    )
-    args = parser.parse_args(argv)
-    print(markdown_table(args.configs, args.vocab))
+    add_arguments(parser)
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

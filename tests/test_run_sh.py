@@ -1,0 +1,148 @@
+"""run.sh as a user runs it: options, bad input, the whole pipeline on a tiny
+embedded corpus, markers, resume after kill -9, and the packed model."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "tests" / "conf" / "tiny_lowrank.yaml"
+
+
+def recipe_dir(path: Path) -> Path:
+    """A recipe dir as in egs2/*/asr1: conf/ and local/ linked to the top level."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("conf", "local"):
+        if not (path / name).exists():
+            (path / name).symlink_to(ROOT / name)
+    return path
+
+
+def run(cwd: Path, *options: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [str(ROOT / "run.sh"), "--python", sys.executable, *options],
+        cwd=cwd, capture_output=True, text=True, env=env,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+TINY = ("--embedded_size", "tiny", "--nbpe", "40", "--asr_config", str(TINY_CONFIG),
+        "--asr_args", "--max_epoch 2 --batch_size 8 --batch_type unsorted", "--inference_nj", "2")
+
+
+def test_help_lists_the_options(tmp_path):
+    result = run(recipe_dir(tmp_path), "--help")
+    for option in ("--stage", "--stop_stage", "--ngpu", "--nj", "--inference_nj", "--train_set",
+                   "--valid_set", "--test_sets", "--asr_config", "--inference_config", "--asr_tag",
+                   "--nbpe", "--bpemode", "--speed_perturb_factors", "--inference_asr_model",
+                   "--expdir", "--dumpdir"):
+        assert option in result.stdout
+
+
+def test_unknown_option_is_named(tmp_path):
+    result = run(recipe_dir(tmp_path), "--stopstage", "3", check=False)
+    assert result.returncode != 0 and "unknown option --stopstage" in result.stderr
+
+
+def test_missing_config_is_named(tmp_path):
+    result = run(recipe_dir(tmp_path), "--asr_config", "conf/nope.yaml", check=False)
+    assert result.returncode != 0 and "--asr_config conf/nope.yaml does not exist" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Stages 1-14 once, with speed perturbation, on the tiny embedded corpus."""
+    recipe = recipe_dir(tmp_path_factory.mktemp("recipe"))
+    started = time.time()
+    result = run(recipe, *TINY, "--speed_perturb_factors", "0.9 1.0 1.1")
+    return {"recipe": recipe, "exp": recipe / "exp" / "asr_tiny_lowrank", "log": result.stderr,
+            "seconds": time.time() - started}
+
+
+@pytest.mark.slow
+def test_pipeline_scores_and_packs(pipeline):
+    exp = pipeline["exp"]
+    results = (exp / "RESULTS.md").read_text()
+    assert "### WER" in results and "### CER" in results
+    rows = [line for line in results.splitlines() if line.startswith("|decode_")]
+    assert len(rows) == 2 and all(len(row.split("|")) == 11 for row in rows)
+    assert float(rows[0].split("|")[8]) >= 0  # Err column is a number
+    train = (pipeline["recipe"] / "data" / "train_sp" / "wav.scp").read_text()
+    assert "sp0.9-" in train and "sp1.1-" in train
+    assert (exp / "asr_model.zip").exists()
+
+
+@pytest.mark.slow
+def test_packed_model_decodes_through_speech2text(pipeline, tmp_path):
+    import soundfile
+    from espnet2.bin.asr_inference import Speech2Text
+    from espnet_model_zoo.downloader import ModelDownloader
+
+    import espnet_lowrank  # noqa: F401
+
+    files = ModelDownloader(tmp_path).unpack_local_file(str(pipeline["exp"] / "asr_model.zip"))
+    speech2text = Speech2Text(**files, device="cpu", beam_size=2)
+    wav = next((pipeline["recipe"] / "downloads").rglob("*.flac"))
+    audio, _ = soundfile.read(wav, dtype="float32")
+    text, *_ = speech2text(audio)[0]
+    assert isinstance(text, str)
+
+
+@pytest.mark.slow
+def test_finished_stages_are_not_redone(pipeline):
+    before = (pipeline["exp"] / "RESULTS.md").read_text()
+    started = time.time()
+    result = run(pipeline["recipe"], *TINY, "--speed_perturb_factors", "0.9 1.0 1.1", "--stop_stage", "12")
+    assert result.stderr.count("already done") >= 8
+    assert time.time() - started < pipeline["seconds"] / 2
+    assert (pipeline["exp"] / "RESULTS.md").read_text() == before
+
+
+@pytest.mark.slow
+def test_missing_audio_stops_stage_3_and_keeps_earlier_outputs(pipeline):
+    recipe = pipeline["recipe"]
+    shutil.copytree(recipe / "data" / "test", recipe / "data" / "broken")
+    wav_scp = recipe / "data" / "broken" / "wav.scp"
+    first = wav_scp.read_text().splitlines()[0]
+    utt, path = first.split(" ", 1)
+    wav_scp.write_text(wav_scp.read_text().replace(path, path + ".gone"))
+    result = run(recipe, *TINY, "--stage", "3", "--stop_stage", "3", "--test_sets", "broken", check=False)
+    assert result.returncode != 0
+    assert f"stage 3: data/broken/wav.scp: utterance {utt}: audio file {path}.gone does not exist" in result.stderr
+    assert (recipe / "data" / "broken" / "text").exists() and (recipe / "dump" / "raw" / "test" / "wav.scp").exists()
+    assert not (recipe / "dump" / "raw" / "org" / "broken").exists()
+
+
+@pytest.mark.slow
+def test_training_resumes_after_kill_9(pipeline):
+    recipe = pipeline["recipe"]
+    exp = recipe / "exp" / "asr_resume"
+    options = [*TINY, "--asr_tag", "resume", "--stage", "11", "--stop_stage", "11",
+               "--asr_args", "--max_epoch 3 --batch_size 2 --batch_type unsorted"]
+    process = subprocess.Popen(
+        [str(ROOT / "run.sh"), "--python", sys.executable, *options], cwd=recipe,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    deadline = time.time() + 300
+    while not (exp / "1epoch.pth").exists() and time.time() < deadline:
+        assert process.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    time.sleep(0.5)  # let checkpoint.pth follow
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (exp / "3epoch.pth").exists() and not (exp / ".done").exists()
+    first_epoch = (exp / "1epoch.pth").stat().st_mtime_ns
+    run(recipe, *options)
+    assert (exp / "3epoch.pth").exists() and (exp / ".done").exists()
+    assert (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch  # epoch 1 was not trained again
+    assert "resumed" in (exp / "train.log").read_text().lower()

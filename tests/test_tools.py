@@ -1,0 +1,61 @@
+"""espnet-lowrank report and bench on tiny configs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from espnet_lowrank.model_config import build_model, count_parameters
+from espnet_lowrank.tools import report
+
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+def test_report_totals_equal_the_real_models():
+    result = report.report(CONF / "tiny_lowrank.yaml", vocab_size=20)
+    lowrank = count_parameters(build_model(CONF / "tiny_lowrank.yaml", vocab_size=20))
+    dense = count_parameters(build_model(CONF / "tiny_dense.yaml", vocab_size=20))
+    assert result["totals"]["params"] == lowrank
+    assert result["totals"]["dense_params"] == dense  # the dense twin is tiny_dense.yaml
+    layers = result["layers"]
+    assert len(layers) == 30
+    q0 = next(r for r in layers if r["module"] == "encoder.encoders.0.self_attn.linear_q")
+    assert (q0["group"], q0["block"], q0["rank"], q0["ratio"]) == ("attention", 0, 16, 0.5)
+    assert q0["params"] == 16 * (32 + 32) + 32 and q0["macs"] == 16 * 64
+    assert {r["group"] for r in layers if r["part"] == "decoder"} == {
+        "self_attention", "src_attention", "feed_forward"}
+
+
+def test_report_cli_json_and_plot(tmp_path):
+    png = tmp_path / "ranks.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet_lowrank.cli", "report", str(CONF / "tiny_lowrank.yaml"),
+         "--vocab", "20", "--json", "--plot", str(png)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)
+    assert data["totals"]["params"] < data["totals"]["dense_params"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_report_table_lists_every_layer():
+    text = report.format_report(report.report(CONF / "tiny_lowrank.yaml", vocab_size=20))
+    assert text.count("encoder.encoders.") == 20 and "total parameters" in text
+
+
+def test_bench_runs_a_tiny_pair_and_emits_json():
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet_lowrank.cli", "bench", str(CONF / "tiny_dense.yaml"),
+         str(CONF / "tiny_lowrank.yaml"), "--vocab", "20", "--batch", "2", "--seconds", "1",
+         "--text_length", "5", "--repeats", "2", "--warmup", "0", "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)
+    dense, lowrank = data["results"]
+    assert len(dense["train_step_s"]) == 2 and all(t > 0 for t in lowrank["encoder_s"])
+    assert dense["train_step_s_speedup"] == 1.0 and dense["params_ratio"] == 1.0
+    assert lowrank["params_ratio"] > 1.0 and lowrank["train_flop_speedup"] > 1.0
+    assert lowrank["train_flops"] > lowrank["encoder_flops"] > 0
+    assert lowrank["train_memory_mb"] > 0 and "cores" in data["machine"]
