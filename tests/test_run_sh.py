@@ -35,7 +35,7 @@ def run(cwd: Path, *options: str, check: bool = True) -> subprocess.CompletedPro
     return result
 
 
-TINY = ("--embedded_size", "tiny", "--nbpe", "40", "--asr_config", str(TINY_CONFIG),
+TINY = ("--embedded_size", "tiny", "--token_type", "bpe", "--nbpe", "40", "--asr_config", str(TINY_CONFIG),
         "--asr_args", "--max_epoch 2 --batch_size 8 --batch_type unsorted", "--inference_nj", "2")
 
 

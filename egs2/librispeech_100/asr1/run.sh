@@ -11,6 +11,7 @@ exec ../../../run.sh \
   --test_sets "test_clean test_other dev_clean dev_other" \
   --asr_config conf/tuning/train_asr_lrsms.yaml \
   --inference_config conf/decode_asr.yaml \
+  --token_type bpe \
   --nbpe 5000 \
   --speed_perturb_factors "0.9 1.0 1.1" \
   --ngpu 1 \
