@@ -85,6 +85,9 @@ done_before() {  # done_before MARKER: skip (true) when the stage already finish
   return 1
 }
 py() { "${python}" -m "$@"; }
+need() {  # need STAGE PATH MADE_BY: stop early, naming what is missing and which stage makes it
+  [ -e "$2" ] || die "stage $1 needs $2 (made by $3); run those stages first"
+}
 
 if run_stage 1; then
   log "stage 1: data (${corpus})"
@@ -134,6 +137,7 @@ fi
 if run_stage 5; then
   log "stage 5: ${token_type} token list from ${train_set}"
   if ! done_before "${token_dir}/.done"; then
+    need 5 "${dumpdir}/raw/${train_sp}/text" "stages 3-4"
     py espnet_lowrank.stages.token_list --text "${dumpdir}/raw/${train_sp}/text" --out_dir "${token_dir}" \
       --token_type "${token_type}" --nbpe "${nbpe}" --bpemode "${bpemode}"
     touch "${token_dir}/.done"
@@ -148,6 +152,8 @@ data_args() {  # data_args train|valid SET
 if run_stage 10; then
   log "stage 10: collect feature statistics into ${stats_dir}"
   if ! done_before "${stats_dir}/.done"; then
+    need 10 "${dumpdir}/raw/${train_sp}" "stages 3-4"
+    need 10 "${token_list}" "stage 5"
     mkdir -p "${expdir}"
     py espnet_lowrank.bin.asr_train --collect_stats true --config "${asr_config}" --ngpu 0 \
       --num_workers "${nj}" --use_preprocessor true --token_type "${token_type}" --token_list "${token_list}" \
@@ -166,6 +172,8 @@ fi
 if run_stage 11; then
   log "stage 11: train ${asr_exp} (${asr_config}; log: ${asr_exp}/train.log)"
   if ! done_before "${asr_exp}/.done"; then
+    need 11 "${dumpdir}/raw/${train_sp}" "stages 3-4"
+    need 11 "${stats_dir}/.done" "stage 10"
     mkdir -p "${asr_exp}"
     distributed=false; [ "${ngpu}" -le 1 ] || distributed=true
     # --resume true: a killed run continues from ${asr_exp}/checkpoint.pth, finished epochs kept
@@ -186,6 +194,7 @@ if run_stage 12; then
   for set in ${test_sets}; do
     log "stage 12: decode ${set} with ${inference_asr_model} (${inference_nj} jobs)"
     done_before "${decode_dir}/${set}/.done" && continue
+    need 12 "${dumpdir}/raw/${set}" "stages 3-4"
     py espnet_lowrank.stages.decode --data_dir "${dumpdir}/raw/${set}" --out_dir "${decode_dir}/${set}" \
       --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${asr_exp}/${inference_asr_model}" \
       ${inference_config:+--inference_config "${inference_config}"} --nj "${inference_nj}" --ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)"

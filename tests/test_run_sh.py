@@ -53,6 +53,12 @@ def test_unknown_option_is_named(tmp_path):
     assert result.returncode != 0 and "unknown option --stopstage" in result.stderr
 
 
+def test_a_stage_without_its_inputs_says_which_stage_to_run(tmp_path):
+    result = run(recipe_dir(tmp_path), "--stage", "11", "--stop_stage", "11", check=False)
+    assert result.returncode != 0
+    assert "stage 11 needs dump/raw/train (made by stages 3-4)" in result.stderr
+
+
 def test_missing_config_is_named(tmp_path):
     result = run(recipe_dir(tmp_path), "--asr_config", "conf/nope.yaml", check=False)
     assert result.returncode != 0 and "--asr_config conf/nope.yaml does not exist" in result.stderr
@@ -127,6 +133,7 @@ def test_training_resumes_after_kill_9(pipeline):
     recipe = pipeline["recipe"]
     exp = recipe / "exp" / "asr_resume"
     options = [*TINY, "--asr_tag", "resume", "--stage", "11", "--stop_stage", "11",
+               "--speed_perturb_factors", "0.9 1.0 1.1",
                "--asr_args", "--max_epoch 3 --batch_size 2 --batch_type unsorted"]
     process = subprocess.Popen(
         [str(ROOT / "run.sh"), "--python", sys.executable, *options], cwd=recipe,
