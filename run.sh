@@ -81,7 +81,7 @@ decode_dir=${asr_exp}/decode_$(basename "${inference_config:-default}" .yaml)_${
 
 run_stage() { [ "$1" -ge "${stage}" ] && [ "$1" -le "${stop_stage}" ]; }
 done_before() {  # done_before MARKER: skip (true) when the stage already finished
-  if [ -f "$1" ]; then log "$(basename "$(dirname "$1")"): already done ($1); delete it to redo"; return 0; fi
+  if [ -f "$1" ]; then log "already done ($1); delete it to redo"; return 0; fi
   return 1
 }
 py() { "${python}" -m "$@"; }
@@ -130,7 +130,8 @@ if run_stage 4; then
   done
   for set in ${test_sets}; do  # test sets are scored whole
     [ -f "${dumpdir}/raw/${set}/.done" ] && continue
-    rm -rf "${dumpdir}/raw/${set}" && cp -r "${dumpdir}/raw/org/${set}" "${dumpdir}/raw/${set}"
+    rm -rf "${dumpdir}/raw/${set}.tmp" && cp -r "${dumpdir}/raw/org/${set}" "${dumpdir}/raw/${set}.tmp"
+    rm -rf "${dumpdir}/raw/${set}" && mv "${dumpdir}/raw/${set}.tmp" "${dumpdir}/raw/${set}"
   done
 fi
 

@@ -153,3 +153,17 @@ def test_training_resumes_after_kill_9(pipeline):
     assert (exp / "3epoch.pth").exists() and (exp / ".done").exists()
     assert (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch  # epoch 1 was not trained again
     assert "resumed" in (exp / "train.log").read_text().lower()
+
+
+@pytest.mark.slow
+def test_bring_your_own_data_dir_enters_at_stage_2(pipeline):
+    """Any Kaldi-style dir under data/ can be named and enter at stage 2."""
+    recipe = pipeline["recipe"]
+    for name, source in (("my_train", "train"), ("my_dev", "dev")):
+        shutil.copytree(recipe / "data" / source, recipe / "data" / name)
+    result = run(recipe, *TINY, "--corpus", "none", "--stage", "2", "--stop_stage", "5",
+                 "--train_set", "my_train", "--valid_set", "my_dev", "--test_sets", "my_dev",
+                 "--datadir", "data", "--dumpdir", "dump_mine", "--nbpe", "30")
+    assert (recipe / "dump_mine" / "raw" / "my_train" / "utt2num_samples").exists()
+    assert (recipe / "data" / "token_list" / "unigram30" / "tokens.txt").exists()
+    assert "stage 2" not in result.stderr  # no --speed_perturb_factors: nothing to do
