@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 2>&1 | { $(PIP_QUIET); }
+	# no pip upgrade: pip 26 refuses espnet 202511's dependency ci_sdr (it declares a git URL)
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | { $(PIP_QUIET); }
 	touch $@
 

@@ -145,9 +145,12 @@ if run_stage 5; then
   fi
 fi
 
-data_args() {  # data_args train|valid SET
-  echo --"$1"_data_path_and_name_and_type "${dumpdir}/raw/$2/wav.scp,speech,sound" \
-       --"$1"_data_path_and_name_and_type "${dumpdir}/raw/$2/text,text,text"
+asr_inputs() {  # the tokens and data that both ESPnet passes (stats, training) read
+  echo --use_preprocessor true --token_type "${token_type}" --token_list "${token_list}" "${bpe_args[@]}" \
+    --train_data_path_and_name_and_type "${dumpdir}/raw/${train_sp}/wav.scp,speech,sound" \
+    --train_data_path_and_name_and_type "${dumpdir}/raw/${train_sp}/text,text,text" \
+    --valid_data_path_and_name_and_type "${dumpdir}/raw/${valid_set}/wav.scp,speech,sound" \
+    --valid_data_path_and_name_and_type "${dumpdir}/raw/${valid_set}/text,text,text"
 }
 
 if run_stage 10; then
@@ -157,8 +160,7 @@ if run_stage 10; then
     need 10 "${token_list}" "stage 5"
     mkdir -p "${expdir}"
     py espnet_lowrank.bin.asr_train --collect_stats true --config "${asr_config}" --ngpu 0 \
-      --num_workers "${nj}" --use_preprocessor true --token_type "${token_type}" --token_list "${token_list}" \
-      "${bpe_args[@]}" $(data_args train "${train_sp}") $(data_args valid "${valid_set}") \
+      --num_workers "${nj}" $(asr_inputs) \
       --train_shape_file "${dumpdir}/raw/${train_sp}/utt2num_samples" \
       --valid_shape_file "${dumpdir}/raw/${valid_set}/utt2num_samples" \
       --output_dir "${stats_dir}" > "${expdir}/collect_stats.log" 2>&1 || die "stage 10 failed: see ${expdir}/collect_stats.log"
@@ -179,10 +181,8 @@ if run_stage 11; then
     distributed=false; [ "${ngpu}" -le 1 ] || distributed=true
     # --resume true: a killed run continues from ${asr_exp}/checkpoint.pth, finished epochs kept
     py espnet_lowrank.bin.asr_train --config "${asr_config}" --output_dir "${asr_exp}" --resume true \
-      --ngpu "${ngpu}" --multiprocessing_distributed "${distributed}" --num_workers "${nj}" \
-      --use_preprocessor true --token_type "${token_type}" --token_list "${token_list}" "${bpe_args[@]}" \
+      --ngpu "${ngpu}" --multiprocessing_distributed "${distributed}" --num_workers "${nj}" $(asr_inputs) \
       --normalize global_mvn --normalize_conf "stats_file=${stats_dir}/train/feats_stats.npz" \
-      $(data_args train "${train_sp}") $(data_args valid "${valid_set}") \
       --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
       --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
       --fold_length 80000 --fold_length 150 \

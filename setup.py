@@ -18,6 +18,8 @@ setup(
         # scoring (stage 13) and the embedded corpus's offline speech synthesis
         "jiwer",
         "espeakng-loader",
+        # unpacks the stage-14 pack for Speech2Text (espnet 202611 brings it, 202511 does not)
+        "espnet_model_zoo",
         "typeguard",
         # ESPnet's trainer plots attention after each epoch and crashes without it.
         "matplotlib",

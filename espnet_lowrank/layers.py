@@ -32,6 +32,12 @@ DENSE_INITS = (
 FACTOR_INITS = ("svd", "random")
 
 
+def check_choice(key: str, value: str, choices) -> None:
+    """Refuse an unknown option value, naming the key and the choices."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is unknown; choose one of {', '.join(choices)}")
+
+
 def draw_dense_weight(
     out_features: int, in_features: int, scheme: str
 ) -> torch.Tensor:
@@ -50,9 +56,7 @@ def draw_dense_weight(
     elif scheme == "normal":
         nn.init.normal_(weight, mean=0.0, std=0.02)
     else:
-        raise ValueError(
-            f"dense_init={scheme!r} is unknown; choose one of {', '.join(DENSE_INITS)}"
-        )
+        check_choice("dense_init", scheme, DENSE_INITS)
     return weight
 
 
@@ -94,15 +98,8 @@ class LowRankLinear(nn.Module):
                 f"rank={rank} is out of range for a {out_features}×{in_features} "
                 f"weight: it must be between 1 and {full_rank}"
             )
-        if init not in FACTOR_INITS:
-            raise ValueError(
-                f"init={init!r} is unknown; choose one of {', '.join(FACTOR_INITS)}"
-            )
-        if dense_init not in DENSE_INITS:
-            raise ValueError(
-                f"dense_init={dense_init!r} is unknown; "
-                f"choose one of {', '.join(DENSE_INITS)}"
-            )
+        check_choice("init", init, FACTOR_INITS)
+        check_choice("dense_init", dense_init, DENSE_INITS)
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank
@@ -146,9 +143,13 @@ class LowRankLinear(nn.Module):
         """Replace a dense layer: with ``init='svd'`` its own weight is
         factorised (so full rank reproduces it), with ``random`` only its
         shape and bias are kept."""
+        check_choice("init", init, FACTOR_INITS)
         matrix = cls._weight_as_matrix(dense.weight.detach())
         out_features, in_features = matrix.shape
-        layer = cls(in_features, out_features, rank, dense.bias is not None, init, dense_init)
+        # built with the cheap random init, then given the dense layer's own
+        # factors: drawing and factorising a fresh dense matrix would be wasted
+        layer = cls(in_features, out_features, rank, dense.bias is not None, "random", dense_init)
+        layer.init = init  # what a later re-initialisation (ESPnet's --init) redoes
         layer.to(device=matrix.device, dtype=matrix.dtype)
         with torch.no_grad():
             if init == "svd":

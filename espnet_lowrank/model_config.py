@@ -5,6 +5,8 @@ is the count of the model ESPnet itself builds from that file.
 """
 
 import argparse
+import contextlib
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
@@ -12,7 +14,11 @@ from typing import Any, List, Mapping, Optional, Sequence, Union
 import yaml
 
 import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
-from espnet2.tasks.asr import ASRTask
+
+# espnet 202511 prints a flash-attention notice on stdout while importing its
+# task; keep stdout clean for the tools' --json output.
+with contextlib.redirect_stdout(sys.stderr):
+    from espnet2.tasks.asr import ASRTask
 
 
 def read_token_list(path: Union[str, Path]) -> List[str]:

@@ -10,7 +10,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from torch import nn
 
-from espnet_lowrank.layers import DENSE_INITS, FACTOR_INITS, LowRankLinear, LowRankPointwiseConv1d
+from espnet_lowrank.layers import (
+    DENSE_INITS,
+    FACTOR_INITS,
+    LowRankLinear,
+    LowRankPointwiseConv1d,
+    check_choice,
+)
 from espnet_lowrank.rank_mapping import build_rank_mapping, ratio_to_rank
 
 
@@ -48,15 +54,8 @@ def factorize_blocks(
     block (a macaron FFN that is off) are skipped. ``key_prefix`` names the
     settings in error messages. Returns ``{"<block>.<path>": rank}``.
     """
-    if init not in FACTOR_INITS:
-        raise ValueError(
-            f"{key_prefix}init={init!r} is unknown; choose one of {', '.join(FACTOR_INITS)}"
-        )
-    if dense_init not in DENSE_INITS:
-        raise ValueError(
-            f"{key_prefix}dense_init={dense_init!r} is unknown; "
-            f"choose one of {', '.join(DENSE_INITS)}"
-        )
+    check_choice(f"{key_prefix}init", init, FACTOR_INITS)
+    check_choice(f"{key_prefix}dense_init", dense_init, DENSE_INITS)
     for group in settings:
         if group not in groups:
             raise ValueError(
