@@ -59,3 +59,37 @@ def test_bench_runs_a_tiny_pair_and_emits_json():
     assert lowrank["params_ratio"] > 1.0 and lowrank["train_flop_speedup"] > 1.0
     assert lowrank["train_flops"] > lowrank["encoder_flops"] > 0
     assert lowrank["train_memory_mb"] > 0 and "cores" in data["machine"]
+
+
+def test_compare_trains_decodes_and_tabulates_two_configs(tmp_path):
+    from test_run_sh import recipe_dir
+
+    recipe = recipe_dir(tmp_path / "recipe")
+    second = tmp_path / "tiny_lowrank_other_ranks.yaml"
+    second.write_text((CONF / "tiny_lowrank_other_ranks.yaml").read_text())
+    out = tmp_path / "results" / "compare"
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet_lowrank.tools.compare", "--recipe_dir", str(recipe),
+         "--configs", str(CONF / "tiny_lowrank.yaml"), str(second), "--out", str(out), "--",
+         "--embedded_size", "tiny", "--inference_nj", "1",
+         "--asr_args", "--max_epoch 2 --batch_size 8 --batch_type unsorted"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert len(table) == 4 and "`tiny_lowrank.yaml`" in table[2]
+    assert all(len(row.split("|")) == 8 for row in table[2:])
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
+    from espnet_lowrank.surgery import low_rank_layers
+
+    root = CONF.parents[1] / "conf"
+    lrsms = report.report(root / "train_asr_lrsms_demo.yaml", vocab_size=28)["totals"]
+    dense = count_parameters(build_model(root / "compare" / "train_asr_conformer_demo.yaml", vocab_size=28))
+    assert lrsms["dense_params"] == dense  # the dense config is exactly LR-SMS's dense twin
+    for name in ("lowrank_attention12", "lowrank_ffn50", "lrsms_random_init", "lrsms_constant"):
+        model = build_model(root / "compare" / f"train_asr_{name}_demo.yaml", vocab_size=28)
+        assert low_rank_layers(model), name
+        assert count_parameters(model) < dense, name
