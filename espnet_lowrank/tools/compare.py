@@ -34,7 +34,7 @@ def seconds(value) -> float:
     return value["__timedelta_seconds__"] if isinstance(value, dict) else float(value)
 
 
-def summarise(recipe: Path, config: Path, tag: str, test_set: str, decode_dir_glob: str) -> Dict:
+def summarise(recipe: Path, config: Path, tag: str, test_set: str) -> Dict:
     import yaml
 
     from espnet_lowrank.model_config import build_model, count_parameters
@@ -43,10 +43,11 @@ def summarise(recipe: Path, config: Path, tag: str, test_set: str, decode_dir_gl
     exp = recipe / "exp" / f"asr_{tag}"
     stats = epoch_stats(exp)
     epochs = sorted(stats)
-    decode_dirs = sorted(exp.glob(decode_dir_glob))
-    if not decode_dirs:
-        raise FileNotFoundError(f"{exp} has no {decode_dir_glob}: did stage 12 run?")
-    scores = score_set(recipe / "dump" / "raw" / test_set / "text", decode_dirs[0] / test_set / "text")
+    # the decoding stage 12 just wrote: an exp dir may hold older ones too
+    hypotheses = sorted(exp.glob(f"decode_*/{test_set}/text"), key=lambda p: p.stat().st_mtime)
+    if not hypotheses:
+        raise FileNotFoundError(f"{exp} has no decode_*/{test_set}/text: did stage 12 run?")
+    scores = score_set(recipe / "dump" / "raw" / test_set / "text", hypotheses[-1])
     return {
         "config": config.name, "tag": tag,
         # the training config with the run's vocabulary (the saved config.yaml
@@ -107,7 +108,7 @@ def compare(recipe: Path, configs: Sequence[Path], out: Path, test_set: str, run
         tag = config.stem
         run_sh(recipe, "--stage", "10", "--stop_stage", "13", "--asr_config", str(config.resolve()),
                "--asr_tag", tag, "--test_sets", test_set, *run_args)
-        rows.append(summarise(recipe, config, tag, test_set, "decode_*"))
+        rows.append(summarise(recipe, config, tag, test_set))
     table = markdown(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table + "\n")
