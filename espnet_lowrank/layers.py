@@ -3,16 +3,18 @@
 One shared core (:class:`LowRankLinear`) owns the factors, their spectral
 initialisation, merging back to a dense weight and the cost counts. The
 Conformer's pointwise ``Conv1d(kernel_size=1)`` is the same matrix applied
-channels-first, so its twin only changes ``forward`` and how a dense weight is
+channels-first, and a ``Conv2d`` is the matrix ``out × (in·kh·kw)`` applied to
+every patch, so their twins only change ``forward`` and how a dense weight is
 shaped.
 """
 
 import math
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.utils import _pair
 
 #: Dense initialisations a factor pair can be spectrally initialised from.
 #: ``pytorch`` is torch's own default for ``nn.Linear``/``nn.Conv1d`` (what a
@@ -145,10 +147,9 @@ class LowRankLinear(nn.Module):
         shape and bias are kept."""
         check_choice("init", init, FACTOR_INITS)
         matrix = cls._weight_as_matrix(dense.weight.detach())
-        out_features, in_features = matrix.shape
         # built with the cheap random init, then given the dense layer's own
         # factors: drawing and factorising a fresh dense matrix would be wasted
-        layer = cls(in_features, out_features, rank, dense.bias is not None, "random", dense_init)
+        layer = cls._shaped_like(dense, rank, dense_init)
         layer.init = init  # what a later re-initialisation (ESPnet's --init) redoes
         layer.to(device=matrix.device, dtype=matrix.dtype)
         with torch.no_grad():
@@ -159,6 +160,12 @@ class LowRankLinear(nn.Module):
             if dense.bias is not None:
                 layer.bias.copy_(dense.bias)
         return layer
+
+    @classmethod
+    def _shaped_like(cls, dense: nn.Module, rank: int, dense_init: str) -> "LowRankLinear":
+        """A randomly initialised layer of ``dense``'s shape."""
+        out_features, in_features = cls._weight_as_matrix(dense.weight).shape
+        return cls(in_features, out_features, rank, dense.bias is not None, "random", dense_init)
 
     def to_dense_weight(self) -> torch.Tensor:
         """The merged weight ``U·V``, shaped like the dense layer's weight."""
@@ -181,8 +188,7 @@ class LowRankLinear(nn.Module):
     def _weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
         return weight
 
-    @staticmethod
-    def _matrix_as_weight(matrix: torch.Tensor) -> torch.Tensor:
+    def _matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix
 
     # -- cost -----------------------------------------------------------------
@@ -195,7 +201,8 @@ class LowRankLinear(nn.Module):
         return self.in_features * self.out_features + bias
 
     def macs_per_position(self) -> int:
-        """Multiply-adds for one input vector (one frame or token)."""
+        """Multiply-adds for one output position (a frame, a token, or one
+        pixel of a convolution's output)."""
         return self.rank * (self.in_features + self.out_features)
 
     def dense_macs_per_position(self) -> int:
@@ -229,10 +236,70 @@ class LowRankPointwiseConv1d(LowRankLinear):
             )
         return weight[..., 0]
 
-    @staticmethod
-    def _matrix_as_weight(matrix: torch.Tensor) -> torch.Tensor:
+    def _matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.unsqueeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = F.conv1d(x, self.V.unsqueeze(-1))
         return F.conv1d(hidden, self.U.unsqueeze(-1), self.bias)
+
+
+class LowRankConv2d(LowRankLinear):
+    """``Conv2d`` as a ``kh×kw`` convolution into ``rank`` channels followed by
+    a ``1×1`` convolution out of them: the weight seen as an
+    ``out × (in·kh·kw)`` matrix is ``U·V``. This is how the convolutional
+    subsampling front end, dense in the paper's recipe, is factorised."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        rank: int,
+        kernel_size: Union[int, Tuple[int, int]],
+        stride: Union[int, Tuple[int, int]] = 1,
+        padding: Union[int, Tuple[int, int]] = 0,
+        bias: bool = True,
+        init: str = "svd",
+        dense_init: str = "pytorch",
+    ):
+        kernel_size, stride, padding = (_pair(v) for v in (kernel_size, stride, padding))
+        super().__init__(
+            in_channels * kernel_size[0] * kernel_size[1], out_channels, rank, bias, init, dense_init
+        )
+        self.in_channels = in_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+
+    @classmethod
+    def _shaped_like(cls, dense: nn.Module, rank: int, dense_init: str) -> "LowRankConv2d":
+        return cls(
+            dense.in_channels, dense.out_channels, rank, dense.kernel_size, dense.stride,
+            dense.padding, dense.bias is not None, "random", dense_init,
+        )
+
+    def _make_dense(self) -> nn.Module:
+        return nn.Conv2d(
+            self.in_channels, self.out_features, self.kernel_size, self.stride, self.padding,
+            bias=self.bias is not None,
+        )
+
+    @staticmethod
+    def _weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
+        if weight.dim() != 4:
+            raise ValueError(f"a Conv2d weight is (out, in, kh, kw); got {tuple(weight.shape)}")
+        return weight.reshape(weight.shape[0], -1)
+
+    def _matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix.reshape(matrix.shape[0], self.in_channels, *self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.conv2d(x, self._matrix_as_weight(self.V), stride=self.stride, padding=self.padding)
+        return F.conv2d(hidden, self.U[:, :, None, None], self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_features}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"rank={self.rank}, bias={self.bias is not None}, init={self.init}"
+        )

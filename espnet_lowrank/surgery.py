@@ -13,6 +13,7 @@ from torch import nn
 from espnet_lowrank.layers import (
     DENSE_INITS,
     FACTOR_INITS,
+    LowRankConv2d,
     LowRankLinear,
     LowRankPointwiseConv1d,
     check_choice,
@@ -32,9 +33,17 @@ def _low_rank_class(module: nn.Module, name: str):
         and module.padding in ((0,), "valid")
     ):
         return LowRankPointwiseConv1d
+    if (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.dilation == (1, 1)
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    ):
+        return LowRankConv2d
     raise ValueError(
         f"{name} is a {type(module).__name__}, which cannot be factorised: only "
-        "nn.Linear and pointwise nn.Conv1d(kernel_size=1) layers can"
+        "nn.Linear, pointwise nn.Conv1d(kernel_size=1) and plain nn.Conv2d layers can"
     )
 
 

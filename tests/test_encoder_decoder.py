@@ -8,8 +8,8 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from conftest import TINY_ENCODER
 from espnet_lowrank import LowRankConformerEncoder, LowRankTransformerDecoder
 from espnet_lowrank.decoder import DECODER_GROUPS
-from espnet_lowrank.encoder import ENCODER_GROUPS
-from espnet_lowrank.layers import LowRankLinear, LowRankPointwiseConv1d
+from espnet_lowrank.encoder import ENCODER_GROUPS, input_layer_paths
+from espnet_lowrank.layers import LowRankConv2d, LowRankLinear, LowRankPointwiseConv1d
 from espnet_lowrank.surgery import factorize_blocks, low_rank_layers
 
 MAPPINGS = {
@@ -172,3 +172,41 @@ def test_dense_groups_stay_dense():
     encoder = LowRankConformerEncoder(20, **TINY_ENCODER)
     assert low_rank_layers(encoder) == []
     assert not isinstance(encoder.encoders[0].self_attn.linear_q, LowRankLinear)
+
+
+@pytest.mark.parametrize("input_layer,convs", [("conv2d", 1), ("conv2d1", 1), ("conv2d2", 1), ("conv2d6", 1), ("conv2d8", 2)])
+def test_input_layer_factorises_the_subsampling_front_end(input_layer, convs):
+    encoder = LowRankConformerEncoder(
+        20, **TINY_ENCODER, input_layer=input_layer,
+        lowrank_input_layer={"mapping": "constant", "ratio": 0.25},
+    )
+    layers = dict(low_rank_layers(encoder))
+    assert sum(isinstance(m, LowRankConv2d) for m in layers.values()) == convs
+    assert isinstance(encoder.embed.conv[0], torch.nn.Conv2d)  # one input channel: kept dense
+    assert encoder.lowrank_ranks["embed.conv.2"] == 8  # 0.25 of min(32, 32·kh·kw)
+    out_path = input_layer_paths(encoder.embed)[-1]
+    assert encoder.lowrank_ranks[f"embed.{out_path}"] == 8
+    speech, lengths = _speech(frames=80)
+    out, out_lengths, _ = encoder(speech, lengths)
+    assert out.shape == (2, out_lengths.max(), 32)
+    (out * torch.randn_like(out)).sum().backward()
+    for layer in layers.values():
+        assert layer.U.grad.abs().sum() > 0 and layer.V.grad.abs().sum() > 0
+
+
+def test_full_rank_input_layer_reproduces_the_dense_encoder():
+    torch.manual_seed(3)
+    dense = ConformerEncoder(20, **TINY_ENCODER).eval()
+    torch.manual_seed(3)
+    ours = LowRankConformerEncoder(20, **TINY_ENCODER, lowrank_input_layer=FULL).eval()
+    # built from the same random stream: the dense front end's own weights, factorised
+    assert len(low_rank_layers(ours)) == 2
+    speech, lengths = _speech()
+    with torch.no_grad():
+        assert (ours(speech, lengths)[0] - dense(speech, lengths)[0]).abs().max() <= 1e-4
+
+
+def test_input_layer_without_convolutions_is_refused():
+    with pytest.raises(ValueError, match="encoder_conf.lowrank_input_layer is set but"):
+        LowRankConformerEncoder(20, **TINY_ENCODER, input_layer="linear",
+                                lowrank_input_layer=FULL)

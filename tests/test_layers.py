@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from espnet_lowrank.layers import (
+    LowRankConv2d,
     LowRankLinear,
     LowRankPointwiseConv1d,
     draw_dense_weight,
@@ -109,3 +110,40 @@ def test_svd_init_starts_from_the_requested_dense_scale():
     dense = draw_dense_weight(512, 512, "xavier_uniform")
     ratio = low.to_dense_weight().std() / dense.std()
     assert 0.95 < ratio < 1.05
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 0), (5, 3, 0), ((3, 1), 1, (1, 0))])
+def test_full_rank_conv2d_reproduces_the_dense_convolution(kernel, stride, padding):
+    torch.manual_seed(0)
+    dense = nn.Conv2d(6, 8, kernel, stride, padding)
+    low = LowRankConv2d.from_dense(dense, rank=8)  # full rank: min(8, 6·kh·kw) = 8
+    x = torch.randn(2, 6, 17, 13)
+    torch.testing.assert_close(low(x), dense(x), atol=1e-5, rtol=1e-5)
+    merged = low.to_dense()
+    assert (merged.kernel_size, merged.stride, merged.padding) == (
+        dense.kernel_size, dense.stride, dense.padding)
+    torch.testing.assert_close(merged.weight, dense.weight, atol=1e-5, rtol=1e-5)
+
+
+def test_conv2d_shapes_gradients_and_counts():
+    low = LowRankConv2d(16, 32, rank=4, kernel_size=3, stride=2)
+    assert low.V.shape == (4, 16 * 9) and low.U.shape == (32, 4)
+    x = torch.randn(2, 16, 21, 19, requires_grad=True)
+    y = low(x)
+    assert y.shape == (2, 32, 10, 9)
+    y.square().sum().backward()
+    for param in (low.U, low.V, low.bias, x):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+    assert low.num_parameters() == 4 * (16 * 9 + 32) + 32 == sum(p.numel() for p in low.parameters())
+    assert low.dense_num_parameters() == 32 * 16 * 9 + 32
+    assert low.macs_per_position() == 4 * (16 * 9 + 32)
+
+
+def test_truncated_conv2d_is_the_best_approximation_of_the_reshaped_kernel():
+    torch.manual_seed(0)
+    dense = nn.Conv2d(8, 12, 3)
+    low = LowRankConv2d.from_dense(dense, rank=3)
+    matrix = dense.weight.detach().reshape(12, -1)
+    singular = torch.linalg.svdvals(matrix)
+    error = torch.linalg.matrix_norm(matrix - low.to_dense_weight().reshape(12, -1))
+    torch.testing.assert_close(error, singular[3:].square().sum().sqrt(), atol=1e-5, rtol=1e-4)

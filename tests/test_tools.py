@@ -18,10 +18,13 @@ def test_report_totals_equal_the_real_models():
     assert result["totals"]["params"] == lowrank
     assert result["totals"]["dense_params"] == dense  # the dense twin is tiny_dense.yaml
     layers = result["layers"]
-    assert len(layers) == 30
+    assert len(layers) == 32
     q0 = next(r for r in layers if r["module"] == "encoder.encoders.0.self_attn.linear_q")
     assert (q0["group"], q0["block"], q0["rank"], q0["ratio"]) == ("attention", 0, 16, 0.5)
     assert q0["params"] == 16 * (32 + 32) + 32 and q0["macs"] == 16 * 64
+    conv = next(r for r in layers if r["module"] == "encoder.embed.conv.2")
+    assert (conv["group"], conv["block"], conv["rank"]) == ("input_layer", -1, 16)
+    assert (conv["d_out"], conv["d_in"]) == (32, 32 * 3 * 3)
     assert {r["group"] for r in layers if r["part"] == "decoder"} == {
         "self_attention", "src_attention", "feed_forward"}
 
@@ -89,7 +92,8 @@ def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
     lrsms = report.report(root / "train_asr_lrsms_demo.yaml", vocab_size=28)["totals"]
     dense = count_parameters(build_model(root / "compare" / "train_asr_conformer_demo.yaml", vocab_size=28))
     assert lrsms["dense_params"] == dense  # the dense config is exactly LR-SMS's dense twin
-    for name in ("lowrank_attention12", "lowrank_ffn50", "lrsms_random_init", "lrsms_constant"):
+    for name in ("lowrank_attention12", "lowrank_ffn50", "lrsms_random_init", "lrsms_constant",
+                 "lrsms_subsampling"):
         model = build_model(root / "compare" / f"train_asr_{name}_demo.yaml", vocab_size=28)
         assert low_rank_layers(model), name
         assert count_parameters(model) < dense, name

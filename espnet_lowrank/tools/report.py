@@ -27,6 +27,8 @@ GROUPS = (
     ("decoder", "src_attn", "src_attention"),
     ("decoder", "feed_forward", "feed_forward"),
 )
+#: Block number of the encoder's subsampling front end (it runs before block 0).
+INPUT_LAYER_BLOCK = -1
 
 
 @dataclass
@@ -50,10 +52,15 @@ def layer_rows(model) -> List[LayerRow]:
 
     rows = []
     for name, layer in low_rank_layers(model):
-        part, _, block, sub = name.split(".", 3)
-        group = next(g for p, fragment, g in GROUPS if p == part and sub.startswith(fragment))
+        part, stack, rest = name.split(".", 2)
+        if stack == "embed":  # the subsampling front end, before block 0
+            group, block = "input_layer", INPUT_LAYER_BLOCK
+        else:
+            index, sub = rest.split(".", 1)
+            group = next(g for p, fragment, g in GROUPS if p == part and sub.startswith(fragment))
+            block = int(index)
         rows.append(LayerRow(
-            module=name, part=part, group=group, block=int(block),
+            module=name, part=part, group=group, block=block,
             d_in=layer.in_features, d_out=layer.out_features, rank=layer.rank,
             ratio=layer.rank / min(layer.in_features, layer.out_features),
             params=layer.num_parameters(), dense_params=layer.dense_num_parameters(),
@@ -76,8 +83,10 @@ def report(config, vocab_size: Optional[int] = None) -> Dict:
         part_rows = [r for r in rows if r.part == part]
         totals[f"{part}_params"] = part_params
         totals[f"{part}_dense_params"] = part_params + sum(r.dense_params - r.params for r in part_rows)
-        totals[f"{part}_lowrank_macs_per_position"] = sum(r.macs for r in part_rows)
-        totals[f"{part}_lowrank_dense_macs_per_position"] = sum(r.dense_macs for r in part_rows)
+        # per frame or token: a front-end convolution runs per output pixel instead
+        block_rows = [r for r in part_rows if r.block != INPUT_LAYER_BLOCK]
+        totals[f"{part}_lowrank_macs_per_position"] = sum(r.macs for r in block_rows)
+        totals[f"{part}_lowrank_dense_macs_per_position"] = sum(r.dense_macs for r in block_rows)
     totals["ctc_params"] = count_parameters(model.ctc) if getattr(model, "ctc", None) is not None else 0
     return {"config": str(config), "layers": [asdict(r) for r in rows], "totals": totals}
 
@@ -101,7 +110,8 @@ def format_report(result: Dict) -> str:
         ("decoder MACs/token*", t["decoder_lowrank_macs_per_position"], t["decoder_lowrank_dense_macs_per_position"]),
     ):
         lines.append(f"{label:20} {ours:>14,} {dense:>14,} {dense / max(ours, 1):>6.2f}×")
-    lines.append("* of the factorised layers only, per encoder frame (after subsampling) or decoder token")
+    lines.append("* of the factorised layers in encoder/decoder blocks only, per encoder frame (after "
+                 "subsampling) or decoder token; a front-end (embed) row's MACs/pos is per output pixel")
     return "\n".join(lines)
 
 
@@ -129,9 +139,12 @@ def plot_ranks(result: Dict, path: Path) -> None:
             axis.plot([b + 1 for b in blocks], [max(by_block[b]) for b in blocks], label=group,
                       marker="osD^v"[index % 5], linestyle=("-", "--", ":")[index % 3],
                       markersize=9 - 2 * index, linewidth=2)
+        first_block = min(r["block"] for r in rows) + 1
         last_block = max(r["block"] for r in rows) + 1
+        ticks = list(range(first_block, last_block + 1))
         axis.set(title=f"{part}: rank / min(d_in, d_out)", xlabel="block", ylabel="rank ratio",
-                 ylim=(0, 1.05), xticks=range(1, last_block + 1))
+                 ylim=(0, 1.05), xticks=ticks,
+                 xticklabels=["front end" if t == INPUT_LAYER_BLOCK + 1 else str(t) for t in ticks])
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(Path(result["config"]).name)
