@@ -61,6 +61,11 @@ def test_bench_runs_a_tiny_pair_and_emits_json():
     assert dense["train_step_s_speedup"] == 1.0 and dense["params_ratio"] == 1.0
     assert lowrank["params_ratio"] > 1.0 and lowrank["train_flop_speedup"] > 1.0
     assert lowrank["train_flops"] > lowrank["encoder_flops"] > 0
+    parts = lowrank["train_flops_by_part"]
+    assert 0 < sum(parts.values()) <= lowrank["train_flops"]
+    # tiny_lowrank factorises the subsampling: its FLOPs shrink; the CTC layer stays dense
+    assert parts["encoder.embed"] < dense["train_flops_by_part"]["encoder.embed"]
+    assert parts["ctc"] == dense["train_flops_by_part"]["ctc"] > 0
     assert lowrank["train_memory_mb"] > 0 and "cores" in data["machine"]
 
 

@@ -17,7 +17,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,6 +25,11 @@ from tqdm import tqdm
 
 from espnet_lowrank import machine
 from espnet_lowrank.model_config import build_model, count_parameters
+
+
+#: Parts of an ESPnet ASR model whose training FLOPs are reported apart: low
+#: rank shrinks some of them and leaves the others as they are.
+FLOP_PARTS = ("frontend", "encoder.embed", "encoder.encoders", "decoder", "ctc")
 
 
 @dataclass
@@ -35,6 +40,7 @@ class ConfigResult:
     encoder_s: List[float] = field(default_factory=list)
     decode_rtf: List[float] = field(default_factory=list)
     train_flops: int = 0
+    train_flops_by_part: Dict[str, int] = field(default_factory=dict)
     encoder_flops: int = 0
     train_memory_mb: float = 0.0
 
@@ -88,10 +94,15 @@ def timed(function: Callable[[], None], device: str) -> float:
     return time.perf_counter() - start
 
 
-def counted_flops(function: Callable[[], None]) -> int:
-    with FlopCounterMode(display=False) as counter:
+def counted_flops(function: Callable[[], None]) -> Tuple[int, Dict[str, int]]:
+    """Total FLOPs of ``function`` (forward and backward) and those of each
+    of :data:`FLOP_PARTS`."""
+    with FlopCounterMode(display=False, depth=3) as counter:
         function()
-    return counter.get_total_flops()
+    # module names are "<model class>.encoder.embed"
+    by_module = {name.partition(".")[2]: sum(ops.values())
+                 for name, ops in counter.get_flop_counts().items()}
+    return counter.get_total_flops(), {part: by_module.get(part, 0) for part in FLOP_PARTS}
 
 
 def training_memory_mb(model, step: Callable[[], None], device: str) -> float:
@@ -139,10 +150,10 @@ def bench(
     for model, optimizer, result in zip(models, optimizers, results):
         model.train()
         step = lambda: train_step(model, optimizer, data, device, amp, scaler)  # noqa: E731
-        result.train_flops = counted_flops(step)
+        result.train_flops, result.train_flops_by_part = counted_flops(step)
         result.train_memory_mb = training_memory_mb(model, step, device)
         model.eval()
-        result.encoder_flops = counted_flops(lambda: encoder_step(model, data, device, amp))
+        result.encoder_flops, _ = counted_flops(lambda: encoder_step(model, data, device, amp))
     for repeat in tqdm(range(warmup + repeats), desc="bench (train + encoder)", unit="round"):
         for model, optimizer, result in zip(models, optimizers, results):
             model.train()
@@ -218,6 +229,13 @@ def format_results(result: Dict) -> str:
             f"{r['train_step_s_speedup']:>7.2f}x {r['train_flop_speedup']:>6.2f}x {r['train_efficiency']:>6.2f} "
             f"{r['encoder_s_median']:>7.3f} {r['encoder_s_speedup']:>7.2f}x {r['encoder_flop_speedup']:>6.2f}x "
             f"{r['encoder_efficiency']:>6.2f} {r['train_memory_mb']:>8.1f} {rtf:>6}"
+        )
+    lines += ["", "training step GFLOP (forward + backward) by part:",
+              f"{'config':34} {'total':>8} " + " ".join(f"{part:>16}" for part in FLOP_PARTS)]
+    for r in result["results"]:
+        lines.append(
+            f"{Path(r['config']).name:34} {r['train_flops'] / 1e9:>8.1f} "
+            + " ".join(f"{r['train_flops_by_part'][part] / 1e9:>16.1f}" for part in FLOP_PARTS)
         )
     return "\n".join(lines)
 
