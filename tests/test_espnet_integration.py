@@ -27,7 +27,7 @@ def test_import_registers_both_names():
 def test_svd_init_survives_espnet_init(init):
     model = build_model(TINY / "tiny_lowrank.yaml", vocab_size=20, overrides={"init": init})
     layers = low_rank_layers(model)
-    assert len(layers) == 2 * 10 + 1 * 10 + 2  # blocks, decoder, subsampling
+    assert len(layers) == 2 * 10 + 1 * 10 + 1  # blocks, decoder, subsampling
     for name, layer in layers:
         gram_u, gram_v = layer.U.T @ layer.U, layer.V @ layer.V.T
         # spectral factors are balanced and orthogonal: UᵀU = VVᵀ = diag(S)

@@ -1,6 +1,7 @@
 """run.sh as a user runs it: options, bad input, the whole pipeline on a tiny
 embedded corpus, markers, resume after kill -9, and the packed model."""
 
+import json
 import os
 import shutil
 import signal
@@ -101,6 +102,26 @@ def test_packed_model_decodes_through_speech2text(pipeline, tmp_path):
     audio, _ = soundfile.read(wav, dtype="float32")
     text, *_ = speech2text(audio)[0]
     assert isinstance(text, str)
+
+
+@pytest.mark.slow
+def test_bench_times_decoding_with_the_trained_model(pipeline, tmp_path):
+    recipe, exp = pipeline["recipe"], pipeline["exp"]
+    decode_config = tmp_path / "decode.yaml"
+    decode_config.write_text("beam_size: 2\nctc_weight: 0.3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet_lowrank.cli", "bench", str(TINY_CONFIG), str(TINY_CONFIG),
+         "--vocab", "20", "--batch", "1", "--seconds", "1", "--text_length", "3", "--repeats", "1",
+         "--warmup", "0", "--device", "cpu", "--json", "--decode_exp", str(exp), str(exp),
+         "--decode_wav_scp", str(recipe / "dump" / "raw" / "test" / "wav.scp"), "--decode_utts", "2",
+         "--decode_config", str(decode_config)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = json.loads(result.stdout)["results"]
+    assert len(first["decode_rtf"]) == len(second["decode_rtf"]) == 2
+    assert all(rtf > 0 for rtf in first["decode_rtf"] + second["decode_rtf"])
+    assert second["decode_rtf_speedup"] > 0
 
 
 @pytest.mark.slow

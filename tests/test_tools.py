@@ -18,7 +18,7 @@ def test_report_totals_equal_the_real_models():
     assert result["totals"]["params"] == lowrank
     assert result["totals"]["dense_params"] == dense  # the dense twin is tiny_dense.yaml
     layers = result["layers"]
-    assert len(layers) == 32
+    assert len(layers) == 31
     q0 = next(r for r in layers if r["module"] == "encoder.encoders.0.self_attn.linear_q")
     assert (q0["group"], q0["block"], q0["rank"], q0["ratio"]) == ("attention", 0, 16, 0.5)
     assert q0["params"] == 16 * (32 + 32) + 32 and q0["macs"] == 16 * 64

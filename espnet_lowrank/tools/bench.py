@@ -136,7 +136,7 @@ def bench(
     configs: Sequence[str], vocab: int, batch: int = 8, seconds: float = 10.0, text_length: int = 40,
     repeats: int = 5, warmup: int = 1, device: str = "cpu", amp: str = "none",
     decode_exps: Sequence[str] = (), decode_model: str = "valid.acc.ave.pth",
-    decode_wav_scp: Optional[str] = None, decode_utts: int = 10,
+    decode_wav_scp: Optional[str] = None, decode_utts: int = 10, decode_config: Optional[str] = None,
 ) -> Dict:
     data = synthetic_batch(batch, seconds, text_length, vocab, device)
     models, optimizers, results = [], [], []
@@ -164,15 +164,16 @@ def bench(
                 result.train_step_s.append(took)
                 result.encoder_s.append(took_encoder)
     if decode_exps:
-        _bench_decode(results, decode_exps, decode_model, decode_wav_scp, decode_utts, device)
+        _bench_decode(results, decode_exps, decode_model, decode_wav_scp, decode_utts, decode_config, device)
     return {"machine": _machine(device), "setup": {
         "batch": batch, "seconds": seconds, "text_length": text_length, "repeats": repeats,
         "warmup": warmup, "device": device, "amp": amp, "vocab": vocab,
     }, "results": [_summarise(r, results[0]) for r in results]}
 
 
-def _bench_decode(results, decode_exps, decode_model, wav_scp, utts, device) -> None:
+def _bench_decode(results, decode_exps, decode_model, wav_scp, utts, decode_config, device) -> None:
     import soundfile
+    import yaml
     from espnet2.bin.asr_inference import Speech2Text
 
     if len(decode_exps) != len(results):
@@ -181,9 +182,11 @@ def _bench_decode(results, decode_exps, decode_model, wav_scp, utts, device) -> 
         raise ValueError("--decode_exp needs --decode_wav_scp: the utterances to decode")
     paths = [line.split(maxsplit=1)[1] for line in Path(wav_scp).read_text().splitlines()[:utts]]
     audios = [soundfile.read(p, dtype="float32")[0] for p in paths]
+    # the decoding options of run.sh's --inference_config (Speech2Text's arguments)
+    options = yaml.safe_load(Path(decode_config).read_text()) if decode_config else {"beam_size": 5}
     decoders = [
         Speech2Text(asr_train_config=str(Path(e) / "config.yaml"),
-                    asr_model_file=str(Path(e) / decode_model), device=device, beam_size=5)
+                    asr_model_file=str(Path(e) / decode_model), device=device, **options)
         for e in decode_exps
     ]
     for audio in tqdm(audios, desc="bench (decode)", unit="utt"):
@@ -256,6 +259,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode_model", default="valid.acc.ave.pth")
     parser.add_argument("--decode_wav_scp", default=None)
     parser.add_argument("--decode_utts", type=int, default=10)
+    parser.add_argument("--decode_config", default=None,
+                        help="decoding YAML as run.sh's --inference_config (default: beam 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -265,7 +270,7 @@ def run(args: argparse.Namespace) -> None:
     result = bench(
         args.configs, args.vocab, args.batch, args.seconds, args.text_length, args.repeats,
         args.warmup, args.device, args.amp, args.decode_exp, args.decode_model,
-        args.decode_wav_scp, args.decode_utts,
+        args.decode_wav_scp, args.decode_utts, args.decode_config,
     )
     print(json.dumps(result, indent=1) if args.json else format_results(result))
 
