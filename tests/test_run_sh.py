@@ -115,7 +115,7 @@ def test_bench_times_decoding_with_the_trained_model(pipeline, tmp_path):
          "--warmup", "0", "--device", "cpu", "--json", "--decode_exp", str(exp), str(exp),
          "--decode_wav_scp", str(recipe / "dump" / "raw" / "test" / "wav.scp"), "--decode_utts", "2",
          "--decode_config", str(decode_config)],
-        capture_output=True, text=True, timeout=600,
+        cwd=recipe, capture_output=True, text=True, timeout=600,  # config.yaml paths are relative to it
     )
     assert result.returncode == 0, result.stderr[-2000:]
     first, second = json.loads(result.stdout)["results"]

@@ -62,10 +62,12 @@ def test_bench_runs_a_tiny_pair_and_emits_json():
     assert lowrank["params_ratio"] > 1.0 and lowrank["train_flop_speedup"] > 1.0
     assert lowrank["train_flops"] > lowrank["encoder_flops"] > 0
     parts = lowrank["train_flops_by_part"]
-    assert 0 < sum(parts.values()) <= lowrank["train_flops"]
+    # torch attributes a few backward ops to two modules: parts may overlap slightly
+    assert 0.9 * lowrank["train_flops"] < sum(parts.values()) < 1.02 * lowrank["train_flops"]
     # tiny_lowrank factorises the subsampling: its FLOPs shrink; the CTC layer stays dense
     assert parts["encoder.embed"] < dense["train_flops_by_part"]["encoder.embed"]
     assert parts["ctc"] == dense["train_flops_by_part"]["ctc"] > 0
+    assert parts["encoder.encoders"] < dense["train_flops_by_part"]["encoder.encoders"]
     assert lowrank["train_memory_mb"] > 0 and "cores" in data["machine"]
 
 

@@ -97,12 +97,20 @@ def timed(function: Callable[[], None], device: str) -> float:
 def counted_flops(function: Callable[[], None]) -> Tuple[int, Dict[str, int]]:
     """Total FLOPs of ``function`` (forward and backward) and those of each
     of :data:`FLOP_PARTS`."""
-    with FlopCounterMode(display=False, depth=3) as counter:
+    with FlopCounterMode(display=False, depth=4) as counter:
         function()
-    # module names are "<model class>.encoder.embed"
+    # module names are "<model class>.encoder.embed"; a container that is
+    # iterated rather than called (ESPnet's encoder blocks) only has its children
     by_module = {name.partition(".")[2]: sum(ops.values())
                  for name, ops in counter.get_flop_counts().items()}
-    return counter.get_total_flops(), {part: by_module.get(part, 0) for part in FLOP_PARTS}
+
+    def flops(part: str) -> int:
+        if part in by_module:
+            return by_module[part]
+        return sum(n for name, n in by_module.items()
+                   if name.startswith(part + ".") and "." not in name[len(part) + 1:])
+
+    return counter.get_total_flops(), {part: flops(part) for part in FLOP_PARTS}
 
 
 def training_memory_mb(model, step: Callable[[], None], device: str) -> float:
@@ -184,6 +192,11 @@ def _bench_decode(results, decode_exps, decode_model, wav_scp, utts, decode_conf
     audios = [soundfile.read(p, dtype="float32")[0] for p in paths]
     # the decoding options of run.sh's --inference_config (Speech2Text's arguments)
     options = yaml.safe_load(Path(decode_config).read_text()) if decode_config else {"beam_size": 5}
+    for exp in decode_exps:
+        stats = (yaml.safe_load((Path(exp) / "config.yaml").read_text()).get("normalize_conf") or {}).get("stats_file")
+        if stats and not Path(stats).exists():
+            raise ValueError(f"{exp}/config.yaml names normalize_conf.stats_file {stats}, which is not "
+                             f"found from {Path.cwd()}: run bench from the recipe dir, as ESPnet decodes")
     decoders = [
         Speech2Text(asr_train_config=str(Path(e) / "config.yaml"),
                     asr_model_file=str(Path(e) / decode_model), device=device, **options)
