@@ -89,8 +89,9 @@ def plot(rows: List[Dict], path: Path) -> None:
     loss.set(title="validation loss", xlabel="epoch", ylabel="loss")
     for axis in (acc, loss):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
+    # one legend under both plots: inside, it hides the curves it names
+    figure.legend(*acc.get_legend_handles_labels(), loc="lower center", ncol=min(len(rows), 4), fontsize=8)
+    figure.tight_layout(rect=(0, 0.06 * ((len(rows) + 3) // 4), 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
