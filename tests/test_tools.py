@@ -104,3 +104,13 @@ def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
         model = build_model(root / "compare" / f"train_asr_{name}_demo.yaml", vocab_size=28)
         assert low_rank_layers(model), name
         assert count_parameters(model) < dense, name
+
+
+def test_epoch_time_is_read_in_every_form_espnet_stores_it():
+    import datetime
+
+    from espnet_lowrank.tools.compare import seconds
+
+    assert seconds(datetime.timedelta(minutes=1, seconds=12)) == 72.0  # espnet 202511
+    assert seconds({"__timedelta_seconds__": 72.0}) == 72.0  # espnet 202611
+    assert seconds(72) == 72.0

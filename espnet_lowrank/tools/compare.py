@@ -11,6 +11,7 @@ epoch for every run). Extra ``run.sh`` options go after ``--``.
 """
 
 import argparse
+import datetime
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,10 @@ def epoch_stats(exp: Path) -> Dict[int, Dict[str, Dict[str, float]]]:
 
 
 def seconds(value) -> float:
+    """An epoch's time as ESPnet's reporter keeps it: a timedelta (espnet
+    202511), a dict naming its seconds (202611), or a number."""
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
     return value["__timedelta_seconds__"] if isinstance(value, dict) else float(value)
 
 
