@@ -188,8 +188,6 @@ def _bench_decode(results, decode_exps, decode_model, wav_scp, utts, decode_conf
         raise ValueError(f"--decode_exp needs one exp dir per config ({len(results)}), got {len(decode_exps)}")
     if wav_scp is None:
         raise ValueError("--decode_exp needs --decode_wav_scp: the utterances to decode")
-    paths = [line.split(maxsplit=1)[1] for line in Path(wav_scp).read_text().splitlines()[:utts]]
-    audios = [soundfile.read(p, dtype="float32")[0] for p in paths]
     # the decoding options of run.sh's --inference_config (Speech2Text's arguments)
     options = yaml.safe_load(Path(decode_config).read_text()) if decode_config else {"beam_size": 5}
     for exp in decode_exps:
@@ -197,6 +195,8 @@ def _bench_decode(results, decode_exps, decode_model, wav_scp, utts, decode_conf
         if stats and not Path(stats).exists():
             raise ValueError(f"{exp}/config.yaml names normalize_conf.stats_file {stats}, which is not "
                              f"found from {Path.cwd()}: run bench from the recipe dir, as ESPnet decodes")
+    paths = [line.split(maxsplit=1)[1] for line in Path(wav_scp).read_text().splitlines()[:utts]]
+    audios = [soundfile.read(p, dtype="float32")[0] for p in paths]
     decoders = [
         Speech2Text(asr_train_config=str(Path(e) / "config.yaml"),
                     asr_model_file=str(Path(e) / decode_model), device=device, **options)

@@ -27,7 +27,7 @@ GROUPS = (
     ("decoder", "src_attn", "src_attention"),
     ("decoder", "feed_forward", "feed_forward"),
 )
-#: Block number of the encoder's subsampling front end (it runs before block 0).
+#: Block number of the encoder's convolutional subsampling (it runs before block 0).
 INPUT_LAYER_BLOCK = -1
 
 
@@ -53,7 +53,7 @@ def layer_rows(model) -> List[LayerRow]:
     rows = []
     for name, layer in low_rank_layers(model):
         part, stack, rest = name.split(".", 2)
-        if stack == "embed":  # the subsampling front end, before block 0
+        if stack == "embed":  # the convolutional subsampling, before block 0
             group, block = "input_layer", INPUT_LAYER_BLOCK
         else:
             index, sub = rest.split(".", 1)
@@ -83,7 +83,7 @@ def report(config, vocab_size: Optional[int] = None) -> Dict:
         part_rows = [r for r in rows if r.part == part]
         totals[f"{part}_params"] = part_params
         totals[f"{part}_dense_params"] = part_params + sum(r.dense_params - r.params for r in part_rows)
-        # per frame or token: a front-end convolution runs per output pixel instead
+        # per frame or token: a subsampling convolution runs per output pixel instead
         block_rows = [r for r in part_rows if r.block != INPUT_LAYER_BLOCK]
         totals[f"{part}_lowrank_macs_per_position"] = sum(r.macs for r in block_rows)
         totals[f"{part}_lowrank_dense_macs_per_position"] = sum(r.dense_macs for r in block_rows)
@@ -111,7 +111,7 @@ def format_report(result: Dict) -> str:
     ):
         lines.append(f"{label:20} {ours:>14,} {dense:>14,} {dense / max(ours, 1):>6.2f}×")
     lines.append("* of the factorised layers in encoder/decoder blocks only, per encoder frame (after "
-                 "subsampling) or decoder token; a front-end (embed) row's MACs/pos is per output pixel")
+                 "subsampling) or decoder token; a subsampling (embed) row's MACs/pos is per output pixel")
     return "\n".join(lines)
 
 
@@ -144,7 +144,7 @@ def plot_ranks(result: Dict, path: Path) -> None:
         ticks = list(range(first_block, last_block + 1))
         axis.set(title=f"{part}: rank / min(d_in, d_out)", xlabel="block", ylabel="rank ratio",
                  ylim=(0, 1.05), xticks=ticks,
-                 xticklabels=["front end" if t == INPUT_LAYER_BLOCK + 1 else str(t) for t in ticks])
+                 xticklabels=["subsampling" if t == INPUT_LAYER_BLOCK + 1 else str(t) for t in ticks])
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(Path(result["config"]).name)
