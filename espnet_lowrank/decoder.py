@@ -7,7 +7,8 @@ from typeguard import typechecked
 
 from espnet_lowrank._compat import PositionalEncoding
 from espnet_lowrank._passthrough import parent_kwargs
-from espnet_lowrank.surgery import CheckedStateDictLoading, factorize_blocks
+from espnet_lowrank.guide import GuidedTraining
+from espnet_lowrank.surgery import CheckedStateDictLoading, apply_frobenius_decay, apply_lr_scale, factorize_blocks
 
 
 def _attention(name: str) -> tuple:
@@ -22,7 +23,7 @@ DECODER_GROUPS = {
 }
 
 
-class LowRankTransformerDecoder(CheckedStateDictLoading, TransformerDecoder):
+class LowRankTransformerDecoder(GuidedTraining, CheckedStateDictLoading, TransformerDecoder):
     """Transformer decoder whose self-attention, source-attention and/or
     feed-forward layers are trained as ``U·V`` factors; settings as in
     :class:`espnet_lowrank.encoder.LowRankConformerEncoder`."""
@@ -54,6 +55,9 @@ class LowRankTransformerDecoder(CheckedStateDictLoading, TransformerDecoder):
         lowrank_feed_forward: Optional[Dict[str, Any]] = None,
         lowrank_init: str = "svd",
         lowrank_dense_init: str = "pytorch",
+        lowrank_guide: Optional[Dict[str, Any]] = None,
+        lowrank_frobenius_decay: float = 0.0,
+        lowrank_lr_scale: float = 1.0,
     ):
         super().__init__(
             **parent_kwargs(
@@ -75,3 +79,6 @@ class LowRankTransformerDecoder(CheckedStateDictLoading, TransformerDecoder):
             dense_init=lowrank_dense_init,
             key_prefix="decoder_conf.lowrank_",
         )
+        self.attach_guide(lowrank_guide, "decoder_conf.lowrank_guide")
+        apply_frobenius_decay(self, lowrank_frobenius_decay, "decoder_conf.lowrank_frobenius_decay")
+        apply_lr_scale(self, lowrank_lr_scale, "decoder_conf.lowrank_lr_scale")

@@ -6,7 +6,8 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from typeguard import typechecked
 
 from espnet_lowrank._passthrough import parent_kwargs
-from espnet_lowrank.surgery import CheckedStateDictLoading, factorize_blocks
+from espnet_lowrank.guide import GuidedTraining
+from espnet_lowrank.surgery import CheckedStateDictLoading, apply_frobenius_decay, apply_lr_scale, factorize_blocks
 
 #: Layer groups of one Conformer block, by sub-layer path.
 ENCODER_GROUPS = {
@@ -35,7 +36,7 @@ ENCODER_GROUPS = {
 INPUT_LAYER_PATHS = ("conv.2", "conv.4")
 
 
-class LowRankConformerEncoder(CheckedStateDictLoading, ConformerEncoder):
+class LowRankConformerEncoder(GuidedTraining, CheckedStateDictLoading, ConformerEncoder):
     """Conformer encoder whose attention, feed-forward and/or convolution
     pointwise layers are trained as ``U·V`` factors.
 
@@ -89,6 +90,9 @@ class LowRankConformerEncoder(CheckedStateDictLoading, ConformerEncoder):
         lowrank_input_layer: Optional[Dict[str, Any]] = None,
         lowrank_init: str = "svd",
         lowrank_dense_init: str = "pytorch",
+        lowrank_guide: Optional[Dict[str, Any]] = None,
+        lowrank_frobenius_decay: float = 0.0,
+        lowrank_lr_scale: float = 1.0,
     ):
         super().__init__(
             **parent_kwargs(
@@ -121,3 +125,6 @@ class LowRankConformerEncoder(CheckedStateDictLoading, ConformerEncoder):
         self.lowrank_ranks.update(
             {"embed." + name.split(".", 1)[1]: rank for name, rank in input_ranks.items()}
         )
+        self.attach_guide(lowrank_guide, "encoder_conf.lowrank_guide")
+        apply_frobenius_decay(self, lowrank_frobenius_decay, "encoder_conf.lowrank_frobenius_decay")
+        apply_lr_scale(self, lowrank_lr_scale, "encoder_conf.lowrank_lr_scale")

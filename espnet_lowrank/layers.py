@@ -110,6 +110,16 @@ class LowRankLinear(nn.Module):
         self.V = nn.Parameter(torch.empty(rank, in_features))
         self.U = nn.Parameter(torch.empty(out_features, rank))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        # guided training (espnet_lowrank.guide sets them): the dense guide
+        # ``out × in`` matrix, or None, and the weight α of its path
+        self.register_parameter("guide", None)
+        self.guide_alpha = 0.0
+        #: λ of the Frobenius decay (λ/2)·‖UV‖²_F added to the training gradients
+        self.frobenius_decay = 0.0
+        #: the factors are stored divided by it (see :meth:`set_lr_scale`)
+        self.lr_scale = 1.0
+        self._register_state_dict_hook(_factors_to_state_dict)
+        self._register_load_state_dict_pre_hook(_factors_from_state_dict, with_module=True)
         self.reset_parameters()
 
     # -- initialisation -------------------------------------------------------
@@ -125,17 +135,47 @@ class LowRankLinear(nn.Module):
         if self.init == "svd":
             dense = draw_dense_weight(self.out_features, self.in_features, self.dense_init)
             u, v = spectral_factors(dense, self.rank)
-            self.U.copy_(u)
-            self.V.copy_(v)
         else:
-            nn.init.kaiming_uniform_(self.U, a=math.sqrt(5))
-            nn.init.kaiming_uniform_(self.V, a=math.sqrt(5))
+            u, v = torch.empty_like(self.U), torch.empty_like(self.V)
+            nn.init.kaiming_uniform_(u, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(v, a=math.sqrt(5))
+        self.set_factors(u, v)
+
+    @torch.no_grad()
+    def set_factors(self, u: torch.Tensor, v: torch.Tensor) -> None:
+        """Make the layer apply ``u·v``."""
+        self.U.copy_(u / self.lr_scale)
+        self.V.copy_(v / self.lr_scale)
+
+    def factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(U, V)`` as the layer applies them (and as its state dict holds them)."""
+        if self.lr_scale == 1.0:
+            return self.U, self.V
+        return self.U * self.lr_scale, self.V * self.lr_scale
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Store the factors divided by ``scale`` and multiply them back in the
+        forward pass: the function, the state dict and the gradients with
+        respect to the applied factors stay the same, but an Adam-type
+        optimiser, whose step is ``lr`` per stored entry whatever the
+        gradient's scale, now moves the applied factors ``scale`` times as far
+        (SGD: ``scale²``). A learning-rate multiplier for the factors that
+        needs no change to ESPnet's optimiser."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+            raise ValueError(f"lr_scale={scale!r}: must be a number > 0")
+        u, v = (f.detach().clone() for f in self.factors())
+        self.lr_scale = float(scale)
+        self.set_factors(u, v)
 
     def espnet_initialization_fn(self) -> None:
         """Called by ESPnet's ``initialize()`` after ``--init`` has overwritten
-        U and V independently, which breaks the spectral init: redo it. The
-        bias keeps the value ``--init`` gave it."""
+        U and V independently, which breaks the spectral init: redo it (and
+        restart a guide at the new ``U·V``). The bias keeps the value
+        ``--init`` gave it."""
         self.reset_factors()
+        if self.guide is not None:
+            with torch.no_grad():
+                self.guide.copy_(self._product())
 
     # -- conversion from and to dense -----------------------------------------
     @classmethod
@@ -154,9 +194,7 @@ class LowRankLinear(nn.Module):
         layer.to(device=matrix.device, dtype=matrix.dtype)
         with torch.no_grad():
             if init == "svd":
-                u, v = spectral_factors(matrix, rank)
-                layer.U.copy_(u)
-                layer.V.copy_(v)
+                layer.set_factors(*spectral_factors(matrix, rank))
             if dense.bias is not None:
                 layer.bias.copy_(dense.bias)
         return layer
@@ -168,8 +206,12 @@ class LowRankLinear(nn.Module):
         return cls(in_features, out_features, rank, dense.bias is not None, "random", dense_init)
 
     def to_dense_weight(self) -> torch.Tensor:
-        """The merged weight ``U·V``, shaped like the dense layer's weight."""
-        return self._matrix_as_weight(self.U @ self.V)
+        """The weight this layer applies, shaped like the dense layer's:
+        ``U·V``, or ``α·W + (1−α)·U·V`` while a guide is on."""
+        matrix = self._product()
+        if self.guide is not None:
+            matrix = self.guide_alpha * self.guide + (1 - self.guide_alpha) * matrix
+        return self._matrix_as_weight(matrix)
 
     def to_dense(self) -> nn.Module:
         """A dense layer computing the same function (for export or checks)."""
@@ -208,15 +250,79 @@ class LowRankLinear(nn.Module):
     def dense_macs_per_position(self) -> int:
         return self.in_features * self.out_features
 
+    # -- guided training --------------------------------------------------------
+    def add_guide(self) -> None:
+        """Give the layer a dense guide W that starts at ``U·V``: while it is on,
+        the output is ``α·Wx + (1−α)·U(Vx)`` (self-guided training, Wei et al.
+        2024): the dense path carries the function while the factors, trained
+        jointly, learn to take it over as α falls to 0."""
+        self.guide = nn.Parameter(self._product().detach().clone())
+        self.guide_alpha = 1.0
+
+    def drop_guide(self) -> None:
+        """Remove the guide (at α = 0): the layer is plain low rank again, in
+        its computation and in its state dict."""
+        self.guide = None
+        self.guide_alpha = 0.0
+
     # -- compute --------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.V), self.U, self.bias)
+        u, v = self.factors()
+        if self.frobenius_decay and self.training and torch.is_grad_enabled():
+            u, v = FrobeniusDecay.apply(u, v, self.frobenius_decay)
+        if self.guide is None or self.guide_alpha == 0.0:
+            return self._factored(x, u, v, self.bias)
+        alpha = self.guide_alpha
+        return self._dense(x, alpha * self.guide, self.bias) + self._factored(x, (1 - alpha) * u, v, None)
+
+    def _product(self) -> torch.Tensor:
+        u, v = self.factors()
+        return u @ v
+
+    def _factored(self, x, u, v, bias):
+        return F.linear(F.linear(x, v), u, bias)
+
+    def _dense(self, x, matrix, bias):
+        return F.linear(x, matrix, bias)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"rank={self.rank}, bias={self.bias is not None}, init={self.init}"
         )
+
+
+def _factors_to_state_dict(module, state_dict, prefix, local_metadata) -> None:
+    """Checkpoints hold the applied factors, whatever the layer's ``lr_scale``."""
+    if module.lr_scale != 1.0:
+        for name in ("U", "V"):
+            state_dict[prefix + name] = state_dict[prefix + name] * module.lr_scale
+
+
+def _factors_from_state_dict(module, state_dict, prefix, *args) -> None:
+    if module.lr_scale != 1.0:
+        for name in ("U", "V"):
+            if prefix + name in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + name] / module.lr_scale
+
+
+class FrobeniusDecay(torch.autograd.Function):
+    """Identity on a factor pair ``(U, V)`` whose backward adds the gradient of
+    ``(λ/2)·‖UV‖²_F``: ``λ·U(VVᵀ)`` to U's and ``λ·(UᵀU)V`` to V's (Khodak et
+    al. 2021). Unlike weight decay on U and V apart, which acts like a
+    nuclear-norm penalty on UV and pushes its rank down, it decays the
+    product the layer applies, as weight decay does a dense weight."""
+
+    @staticmethod
+    def forward(ctx, u, v, decay):
+        ctx.save_for_backward(u, v)
+        ctx.decay = decay
+        return u.view_as(u), v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, grad_u, grad_v):
+        u, v = ctx.saved_tensors
+        return grad_u + ctx.decay * (u @ (v @ v.T)), grad_v + ctx.decay * ((u.T @ u) @ v), None
 
 
 class LowRankPointwiseConv1d(LowRankLinear):
@@ -239,9 +345,11 @@ class LowRankPointwiseConv1d(LowRankLinear):
     def _matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.unsqueeze(-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.conv1d(x, self.V.unsqueeze(-1))
-        return F.conv1d(hidden, self.U.unsqueeze(-1), self.bias)
+    def _factored(self, x, u, v, bias):
+        return F.conv1d(F.conv1d(x, v.unsqueeze(-1)), u.unsqueeze(-1), bias)
+
+    def _dense(self, x, matrix, bias):
+        return F.conv1d(x, matrix.unsqueeze(-1), bias)
 
 
 class LowRankConv2d(LowRankLinear):
@@ -293,9 +401,12 @@ class LowRankConv2d(LowRankLinear):
     def _matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.reshape(matrix.shape[0], self.in_channels, *self.kernel_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.conv2d(x, self._matrix_as_weight(self.V), stride=self.stride, padding=self.padding)
-        return F.conv2d(hidden, self.U[:, :, None, None], self.bias)
+    def _factored(self, x, u, v, bias):
+        hidden = F.conv2d(x, self._matrix_as_weight(v), stride=self.stride, padding=self.padding)
+        return F.conv2d(hidden, u[:, :, None, None], bias)
+
+    def _dense(self, x, matrix, bias):
+        return F.conv2d(x, self._matrix_as_weight(matrix), bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (

@@ -8,6 +8,7 @@ finds layers by name and replaces them.
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import torch
 from torch import nn
 
 from espnet_lowrank.layers import (
@@ -17,6 +18,7 @@ from espnet_lowrank.layers import (
     LowRankLinear,
     LowRankPointwiseConv1d,
     check_choice,
+    spectral_factors,
 )
 from espnet_lowrank.rank_mapping import build_rank_mapping, ratio_to_rank
 
@@ -118,6 +120,95 @@ def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
 def low_rank_layers(model: nn.Module) -> List[tuple]:
     """``(name, layer)`` of every low-rank layer in ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
+
+
+def apply_frobenius_decay(model: nn.Module, decay: float, key: str) -> None:
+    """Give every factor pair of ``model`` Frobenius decay ``decay`` (λ). Its
+    factors are marked ``_no_weight_decay``: with ESPnet's
+    ``exclude_weight_decay: true`` the optimiser's weight decay then skips
+    them, so the product is decayed *instead of* each factor."""
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
+        raise ValueError(f"{key}={decay!r}: must be a number ≥ 0 (0 turns it off)")
+    if decay == 0:
+        return
+    layers = low_rank_layers(model)
+    if not layers:
+        raise ValueError(f"{key} is set but no layer group is low rank: nothing to decay")
+    for _, layer in layers:
+        layer.frobenius_decay = float(decay)
+        layer.U._no_weight_decay = layer.V._no_weight_decay = True
+
+
+def factorize_state_dict(
+    model: nn.Module, dense_state: Mapping[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
+    """A state dict for the low-rank ``model`` made from ``dense_state``, the
+    weights of the same model with every low-rank layer dense (its dense
+    twin, trained): each factor pair is the truncated SVD of its layer's
+    trained weight (so exact at full rank), a guide starts at that ``U·V``,
+    everything else is copied. Refuses, listing them, keys that are missing
+    from ``dense_state``, left unused, or of another shape."""
+    layers = dict(low_rank_layers(model))
+    result: Dict[str, torch.Tensor] = {}
+    used, factorised, missing, wrong_shape = set(), set(), [], []
+    for key, value in model.state_dict().items():
+        module_name, _, leaf = key.rpartition(".")
+        layer = layers.get(module_name)
+        if layer is not None and leaf in ("U", "V", "guide"):
+            if module_name not in factorised:
+                factorised.add(module_name)
+                source = f"{module_name}.weight"
+                if source not in dense_state:
+                    missing.append(source)
+                    continue
+                used.add(source)
+                matrix = layer._weight_as_matrix(dense_state[source])
+                if tuple(matrix.shape) != (layer.out_features, layer.in_features):
+                    wrong_shape.append(f"{source} {tuple(dense_state[source].shape)}")
+                    continue
+                u, v = spectral_factors(matrix.float(), layer.rank)
+                result[f"{module_name}.U"], result[f"{module_name}.V"] = u, v
+                if layer.guide is not None:
+                    result[f"{module_name}.guide"] = u @ v
+        elif key.endswith("lowrank_guide.step"):
+            result[key] = value  # a converted model starts its guide schedule
+        elif key not in dense_state:
+            missing.append(key)
+        elif dense_state[key].shape != value.shape:
+            wrong_shape.append(f"{key} {tuple(dense_state[key].shape)} (expected {tuple(value.shape)})")
+        else:
+            result[key] = dense_state[key]
+            used.add(key)
+    unused = sorted(set(dense_state) - used)
+    if missing or unused or wrong_shape:
+        raise ValueError(
+            "the dense checkpoint is not this low-rank model's dense twin: "
+            f"missing keys [{', '.join(missing)}]; unused keys [{', '.join(unused)}]; "
+            f"other shapes [{', '.join(wrong_shape)}]"
+        )
+    return result
+
+
+def apply_lr_scale(model: nn.Module, scale: float, key: str) -> None:
+    """Multiply the effective learning rate of every factor pair of ``model``
+    by ``scale`` (Adam-type optimisers; see :meth:`LowRankLinear.set_lr_scale`)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        raise ValueError(f"{key}={scale!r}: must be a number > 0 (1 leaves the factors' learning rate as is)")
+    if scale == 1:
+        return
+    layers = low_rank_layers(model)
+    if not layers:
+        raise ValueError(f"{key} is set but no layer group is low rank: nothing to scale")
+    for _, layer in layers:
+        layer.set_lr_scale(scale)
+
+
+def merge_low_rank(model: nn.Module) -> nn.Module:
+    """Replace every low-rank layer of ``model`` (in place) by the dense layer
+    computing the same function; returns ``model``."""
+    for name, layer in low_rank_layers(model):
+        _set_submodule(model, name, layer.to_dense())
+    return model
 
 
 class CheckedStateDictLoading:
