@@ -33,6 +33,7 @@ asr_config=conf/train_asr_lrsms_demo.yaml
 inference_config=conf/decode_asr_cpu.yaml
 asr_tag=                # exp/asr_<asr_tag>; default: the config's name
 asr_args=               # extra options for asr_train, e.g. "--max_epoch 3"
+lowrank_warmup_epochs=0 # >0: train the config's dense twin this many epochs, factorise it, go on in low rank
 token_type=char         # char | bpe (SentencePiece)
 nbpe=5000               # with --token_type bpe
 bpemode=unigram         # unigram | bpe
@@ -172,21 +173,50 @@ if run_stage 10; then
   fi
 fi
 
+train() {  # train CONFIG OUTPUT_DIR [asr_train options]: one resumable ESPnet training run
+  local config=$1 out=$2; shift 2
+  mkdir -p "${out}"
+  distributed=false; [ "${ngpu}" -le 1 ] || distributed=true
+  # --resume true: a killed run continues from ${out}/checkpoint.pth, finished epochs kept
+  py espnet_lowrank.bin.asr_train --config "${config}" --output_dir "${out}" --resume true \
+    --ngpu "${ngpu}" --multiprocessing_distributed "${distributed}" --num_workers "${nj}" $(asr_inputs) \
+    --normalize global_mvn --normalize_conf "stats_file=${stats_dir}/train/feats_stats.npz" \
+    --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
+    --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
+    --fold_length 80000 --fold_length 150 \
+    ${asr_args} "$@" >> "${out}/train.log" 2>&1 || die "stage 11 failed: see ${out}/train.log"
+}
+
 if run_stage 11; then
   log "stage 11: train ${asr_exp} (${asr_config}; log: ${asr_exp}/train.log)"
   if ! done_before "${asr_exp}/.done"; then
     need 11 "${dumpdir}/raw/${train_sp}" "stages 3-4"
     need 11 "${stats_dir}/.done" "stage 10"
-    mkdir -p "${asr_exp}"
-    distributed=false; [ "${ngpu}" -le 1 ] || distributed=true
-    # --resume true: a killed run continues from ${asr_exp}/checkpoint.pth, finished epochs kept
-    py espnet_lowrank.bin.asr_train --config "${asr_config}" --output_dir "${asr_exp}" --resume true \
-      --ngpu "${ngpu}" --multiprocessing_distributed "${distributed}" --num_workers "${nj}" $(asr_inputs) \
-      --normalize global_mvn --normalize_conf "stats_file=${stats_dir}/train/feats_stats.npz" \
-      --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
-      --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
-      --fold_length 80000 --fold_length 150 \
-      ${asr_args} >> "${asr_exp}/train.log" 2>&1 || die "stage 11 failed: see ${asr_exp}/train.log"
+    phase_args=()
+    if [ "${lowrank_warmup_epochs}" -gt 0 ]; then
+      # Pufferfish: dense twin for E epochs -> truncated SVD of its trained weights -> low rank,
+      # fresh optimiser and LR warm-up. Each phase resumes on its own; the conversion is atomic.
+      warmup_exp=${asr_exp}/dense_warmup
+      lowrank_epochs=$(py espnet_lowrank.stages.warmup epochs --config "${asr_config}" \
+        --warmup_epochs "${lowrank_warmup_epochs}" --asr_args "${asr_args}") || die "stage 11: see the error above"
+      if ! done_before "${warmup_exp}/.done"; then
+        log "stage 11: dense warm-up, ${lowrank_warmup_epochs} epochs (log: ${warmup_exp}/train.log)"
+        py espnet_lowrank.stages.warmup dense-config --config "${asr_config}" --out "${warmup_exp}/dense_config.yaml" \
+          || die "stage 11: see the error above"
+        train "${warmup_exp}/dense_config.yaml" "${warmup_exp}" --max_epoch "${lowrank_warmup_epochs}"
+        touch "${warmup_exp}/.done"
+      fi
+      if [ ! -f "${warmup_exp}/lowrank_init.pth" ]; then
+        log "stage 11: factorise the warmed-up dense model into ${warmup_exp}/lowrank_init.pth"
+        py espnet_lowrank.cli convert --dense_config "${warmup_exp}/config.yaml" \
+          --dense_model "${warmup_exp}/${lowrank_warmup_epochs}epoch.pth" --config "${asr_config}" \
+          --out "${warmup_exp}/lowrank_init.pth" >> "${warmup_exp}/convert.log" 2>&1 \
+          || die "stage 11: factorising failed: see ${warmup_exp}/convert.log"
+      fi
+      log "stage 11: low rank from the warm-up, ${lowrank_epochs} epochs"
+      phase_args=(--init_param "${warmup_exp}/lowrank_init.pth" --max_epoch "${lowrank_epochs}")
+    fi
+    train "${asr_config}" "${asr_exp}" "${phase_args[@]}"
     touch "${asr_exp}/.done"
   fi
 fi

@@ -1,19 +1,23 @@
-"""``espnet-lowrank``: the project's measuring tools behind one command.
+"""``espnet-lowrank``: the project's tools behind one command.
 
-    espnet-lowrank report CONFIG.yaml [...]
-    espnet-lowrank bench CONFIG.yaml [CONFIG2.yaml ...]
+    espnet-lowrank report CONFIG.yaml [...]        parameters, ranks and MACs per layer
+    espnet-lowrank bench CONFIG.yaml [...]         training and inference speed, side by side
+    espnet-lowrank convert --dense_config ...      a trained dense model factorised into a low-rank one
+    espnet-lowrank step-check CONFIG.yaml ...      how far one optimiser step moves U·V against dense
 """
 
 import argparse
 from typing import Optional, Sequence
 
-from espnet_lowrank.tools import bench, report
+from espnet_lowrank.tools import bench, convert, report, step_check
+
+COMMANDS = (("report", report), ("bench", bench), ("convert", convert), ("step-check", step_check))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="espnet-lowrank", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, module in (("report", report), ("bench", bench)):
+    for name, module in COMMANDS:
         sub = commands.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)

@@ -39,13 +39,7 @@ def config_args(
     then ``overrides``. The vocabulary comes from ``token_list``, from
     ``vocab_size`` placeholder tokens, or from the config's own
     ``token_list`` (a file, or the list a saved config holds), in that order."""
-    config = Path(config)
-    if not config.is_file():
-        raise FileNotFoundError(f"config {config} does not exist")
-    with config.open(encoding="utf-8") as stream:
-        values = yaml.safe_load(stream) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"config {config} is not a YAML mapping of options")
+    values = read_config(config)
     parser = ASRTask.get_parser()
     known = {action.dest for action in parser._actions if action.option_strings}
     # A saved config.yaml also records bookkeeping (e.g. ``required``) that
@@ -69,6 +63,36 @@ def config_args(
             f"{config} names no token_list: pass a token list or a vocabulary size"
         )
     return args
+
+
+#: Each low-rank class's dense parent, by ESPnet choice name.
+DENSE_TWINS = {"encoder": ("lowrank_conformer", "conformer"), "decoder": ("lowrank_transformer", "transformer")}
+
+
+def read_config(config: Union[str, Path]) -> dict:
+    """The option mapping of a training YAML (a hand-written one or a saved
+    ``config.yaml``)."""
+    config = Path(config)
+    if not config.is_file():
+        raise FileNotFoundError(f"config {config} does not exist")
+    with config.open(encoding="utf-8") as stream:
+        values = yaml.safe_load(stream) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config {config} is not a YAML mapping of options")
+    return values
+
+
+def dense_twin(values: Mapping[str, Any]) -> dict:
+    """The same training options with every low-rank setting off: ESPnet's
+    own Conformer/Transformer in place of ours, no ``lowrank_*`` options."""
+    twin = dict(values)
+    for part, (ours, parent) in DENSE_TWINS.items():
+        if twin.get(part) == ours:
+            twin[part] = parent
+        conf = twin.get(f"{part}_conf")
+        if isinstance(conf, Mapping):
+            twin[f"{part}_conf"] = {k: v for k, v in conf.items() if not k.startswith("lowrank_")}
+    return twin
 
 
 def build_model(config, token_list=None, vocab_size=None, overrides={}):

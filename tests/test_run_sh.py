@@ -149,6 +149,22 @@ def test_missing_audio_stops_stage_3_and_keeps_earlier_outputs(pipeline):
     assert not (recipe / "dump" / "raw" / "org" / "broken").exists()
 
 
+def kill_when_written(recipe: Path, options, path: Path) -> None:
+    """Start run.sh with ``options`` and kill -9 its whole process group once ``path`` exists."""
+    process = subprocess.Popen(
+        [str(ROOT / "run.sh"), "--python", sys.executable, *options], cwd=recipe,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    deadline = time.time() + 300
+    while not path.exists() and time.time() < deadline:
+        assert process.poll() is None, f"run.sh ended before {path} was written"
+        time.sleep(0.2)
+    time.sleep(0.5)  # let checkpoint.pth follow
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 @pytest.mark.slow
 def test_training_resumes_after_kill_9(pipeline):
     recipe = pipeline["recipe"]
@@ -156,24 +172,57 @@ def test_training_resumes_after_kill_9(pipeline):
     options = [*TINY, "--asr_tag", "resume", "--stage", "11", "--stop_stage", "11",
                "--speed_perturb_factors", "0.9 1.0 1.1",
                "--asr_args", "--max_epoch 3 --batch_size 2 --batch_type unsorted"]
-    process = subprocess.Popen(
-        [str(ROOT / "run.sh"), "--python", sys.executable, *options], cwd=recipe,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    deadline = time.time() + 300
-    while not (exp / "1epoch.pth").exists() and time.time() < deadline:
-        assert process.poll() is None, "training ended before it could be killed"
-        time.sleep(0.2)
-    time.sleep(0.5)  # let checkpoint.pth follow
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when_written(recipe, options, exp / "1epoch.pth")
     assert not (exp / "3epoch.pth").exists() and not (exp / ".done").exists()
     first_epoch = (exp / "1epoch.pth").stat().st_mtime_ns
     run(recipe, *options)
     assert (exp / "3epoch.pth").exists() and (exp / ".done").exists()
     assert (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch  # epoch 1 was not trained again
     assert "resumed" in (exp / "train.log").read_text().lower()
+
+
+@pytest.mark.slow
+def test_dense_warmup_then_low_rank_each_phase_resumes_after_kill_9(pipeline):
+    import torch
+
+    from espnet_lowrank.tools.compare import training_history
+
+    recipe = pipeline["recipe"]
+    exp = recipe / "exp" / "asr_warmup"
+    warmup = exp / "dense_warmup"
+    options = [*TINY, "--asr_tag", "warmup", "--stage", "11", "--stop_stage", "11",
+               "--speed_perturb_factors", "0.9 1.0 1.1", "--lowrank_warmup_epochs", "2",
+               "--asr_args", "--max_epoch 4 --batch_size 2 --batch_type unsorted"]
+    kill_when_written(recipe, options, warmup / "1epoch.pth")  # in the dense phase
+    assert not (warmup / ".done").exists()
+    dense_first = (warmup / "1epoch.pth").stat().st_mtime_ns
+    kill_when_written(recipe, options, exp / "1epoch.pth")  # in the low-rank phase
+    assert (warmup / ".done").exists() and (warmup / "1epoch.pth").stat().st_mtime_ns == dense_first
+    lowrank_first = (exp / "1epoch.pth").stat().st_mtime_ns
+    run(recipe, *options)
+    assert (exp / ".done").exists() and (exp / "1epoch.pth").stat().st_mtime_ns == lowrank_first
+    # 4 epochs in all: 2 dense, then 2 low rank from the factorised dense weights
+    assert (exp / "2epoch.pth").exists() and not (exp / "3epoch.pth").exists()
+    dense = torch.load(warmup / "2epoch.pth")
+    start = torch.load(warmup / "lowrank_init.pth")
+    name = "encoder.encoders.0.self_attn.linear_q"
+    rank = start[f"{name}.U"].shape[1]
+    left, singular, right = torch.linalg.svd(dense[f"{name}.weight"].double())
+    torch.testing.assert_close((start[f"{name}.U"] @ start[f"{name}.V"]).double(),
+                               left[:, :rank] @ torch.diag(singular[:rank]) @ right[:rank], atol=1e-5, rtol=1e-5)
+    assert f"{name}.U" in torch.load(exp / "2epoch.pth")
+    assert "lowrank_init.pth" in (exp / "train.log").read_text()
+    assert training_history(exp)["epochs"] == [1, 2, 3, 4]
+
+
+def test_warmup_needs_fewer_epochs_than_max_epoch(tmp_path):
+    from espnet_lowrank.stages.warmup import lowrank_epochs
+
+    from espnet_lowrank.stages import StageError
+
+    assert lowrank_epochs(TINY_CONFIG, 2, "--max_epoch 5 --batch_size 2") == 3
+    with pytest.raises(StageError, match="--lowrank_warmup_epochs 5 must be at least 1 and less than max_epoch"):
+        lowrank_epochs(TINY_CONFIG, 5, "--max_epoch=5")
 
 
 @pytest.mark.slow

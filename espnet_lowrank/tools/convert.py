@@ -1,0 +1,104 @@
+"""Factorise a trained dense model into a low-rank one: ``espnet-lowrank convert``.
+
+    espnet-lowrank convert --dense_config exp/dense/config.yaml --dense_model exp/dense/5epoch.pth \\
+        --config conf/train_asr_lrsms_demo.yaml --out exp/lrsms_init.pth
+
+The low-rank model is the one ``--config`` describes (ranks from its
+mappings); options the low-rank YAML leaves out (token list, feature
+normalisation, ...) come from the dense run's saved ``config.yaml``, as they
+do when run.sh trains both on the same data. Every factor pair is the
+truncated SVD of its trained dense weight, U = u·√s, V = √s·vᵀ (exact at full
+rank); every other weight is copied. The output is a state dict for ESPnet's
+``--init_param`` (training on from it with a fresh optimiser) or for
+``Speech2Text`` with ``--config``. Written atomically; prints, per layer group,
+the share of each dense weight's energy (Σs² of the kept singular values) the
+factors keep.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import yaml
+
+from espnet_lowrank.model_config import build_model, read_config
+from espnet_lowrank.surgery import factorize_state_dict
+
+
+def lowrank_options(dense_config, config) -> dict:
+    """The low-rank YAML's options over the dense run's saved ones."""
+    values = read_config(dense_config)
+    values.update(read_config(config))
+    return values
+
+
+def energy_kept(dense_state: Dict[str, torch.Tensor], model) -> List[Dict]:
+    """Per low-rank layer: its group, rank and Σ of the kept singular values²
+    / Σ of all of them."""
+    from espnet_lowrank.tools.report import layer_rows
+
+    rows = []
+    for row in layer_rows(model):
+        layer = model.get_submodule(row.module)
+        matrix = layer._weight_as_matrix(dense_state[f"{row.module}.weight"]).double()
+        squares = torch.linalg.svdvals(matrix).square()
+        rows.append({"module": row.module, "group": f"{row.part} {row.group}", "rank": row.rank,
+                     "energy": (squares[: row.rank].sum() / squares.sum()).item()})
+    return rows
+
+
+def convert(dense_config, dense_model, config, out) -> List[Dict]:
+    """Write the converted state dict to ``out``; returns :func:`energy_kept`."""
+    dense_model = Path(dense_model)
+    if not dense_model.is_file():
+        raise FileNotFoundError(f"dense model {dense_model} does not exist")
+    dense_state = torch.load(dense_model, map_location="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = Path(tmp) / "config.yaml"
+        merged.write_text(yaml.safe_dump(lowrank_options(dense_config, config)))
+        model = build_model(merged)
+    state = factorize_state_dict(model, dense_state)
+    model.load_state_dict(state, strict=True)  # the layout Speech2Text and --init_param will see
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    torch.save(state, partial)
+    partial.replace(out)
+    return energy_kept(dense_state, model)
+
+
+def format_energy(rows: List[Dict]) -> str:
+    groups: Dict[str, List[float]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row["energy"])
+    lines = [f"{'group':28} {'layers':>6} {'energy kept: median':>20} {'min':>6}"]
+    for group, shares in groups.items():
+        lines.append(f"{group:28} {len(shares):>6} {statistics.median(shares):>20.3f} {min(shares):>6.3f}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dense_config", required=True, help="the dense run's saved config.yaml")
+    parser.add_argument("--dense_model", required=True, help="its weights, e.g. 5epoch.pth")
+    parser.add_argument("--config", required=True, help="the low-rank training YAML (ranks, groups)")
+    parser.add_argument("--out", required=True, help="where to write the low-rank state dict")
+
+
+def run(args: argparse.Namespace) -> None:
+    rows = convert(args.dense_config, args.dense_model, args.config, args.out)
+    print(f"wrote {args.out}: {len(rows)} factorised layers\n{format_energy(rows)}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
