@@ -1,26 +1,84 @@
 """Train, decode and score several configs on the same data with the same
 budget, and put them side by side: ``python -m espnet_lowrank.tools.compare``.
 
-    python -m espnet_lowrank.tools.compare --recipe_dir egs2/embedded/asr1 \\
-        --configs conf/compare/*.yaml --out docs/results
+    python -m espnet_lowrank.tools.compare --recipe_dir egs2/embedded/asr1 --out docs/results \\
+        --configs conf/compare/train_asr_conformer_demo.yaml \\
+                  "conf/train_asr_lrsms_demo.yaml --lowrank_warmup_epochs 2" \\
+        --seeds 2022 2023
 
 runs ``run.sh`` stages 1-5 once, then stages 10-13 for each config (each in
-``exp/asr_<config name>``), and writes ``<out>.md`` (parameters, training time
-per epoch, test WER/CER) and ``<out>.png`` (validation accuracy and loss per
-epoch for every run). Extra ``run.sh`` options go after ``--``.
+``exp/asr_<tag>``; a config may carry run.sh options of its own after its
+path, which then name its tag too), once per ``--seeds`` value (ESPnet's
+``--seed``; the config's own seed keeps the plain tag), or per entry with
+``--seeds A,B`` at its end, and writes
+``<out>.md`` (parameters, total training time against the first config,
+test WER/CER: the mean over seeds, then each run's), ``<out>.json`` (every
+number) and ``<out>.png`` (validation accuracy and loss per epoch, every
+run; a dense warm-up's epochs come first). Finished runs are reused, so rows
+can be added later. Extra ``run.sh`` options for every run go after ``--``.
 """
 
 import argparse
 import datetime
+import json
+import re
+import shlex
 import statistics
 import subprocess
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Where run.sh puts the dense phase of ``--lowrank_warmup_epochs`` inside an exp dir.
+WARMUP_DIR = "dense_warmup"
+
+
+@dataclass
+class Entry:
+    """One row of the table: a config, its own run.sh options and, if it has
+    its own, the seeds it runs with (``--seeds 2022,2023`` at the end)."""
+
+    config: Path
+    options: List[str] = field(default_factory=list)
+    seeds: List[int] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> "Entry":
+        words = shlex.split(text)
+        seeds = []
+        if "--seeds" in words:
+            index = words.index("--seeds")
+            if index + 2 != len(words):
+                raise ValueError(f"{text!r}: --seeds A,B,... must come last")
+            seeds = [int(seed) for seed in words[index + 1].split(",")]
+            words = words[:index]
+        return cls(Path(words[0]), words[1:], seeds)
+
+    @property
+    def name(self) -> str:
+        return " ".join([self.config.name, *self.options])
+
+    @property
+    def tag(self) -> str:
+        suffix = "".join(f"_{re.sub(r'[^A-Za-z0-9._]+', '', word)}" for word in self.options)
+        return self.config.stem + suffix.replace("_lowrank_warmup_epochs_", "_warmup")
+
+
+@dataclass
+class Run:
+    tag: str
+    seed: int
+    params: int
+    epochs: List[int]
+    valid_acc: List[float]
+    valid_loss: List[float]
+    train_seconds: float
+    wer: float
+    cer: float
 
 
 def epoch_stats(exp: Path) -> Dict[int, Dict[str, Dict[str, float]]]:
@@ -39,44 +97,84 @@ def seconds(value) -> float:
     return value["__timedelta_seconds__"] if isinstance(value, dict) else float(value)
 
 
-def summarise(recipe: Path, config: Path, tag: str, test_set: str) -> Dict:
+def training_history(exp: Path) -> Dict[str, list]:
+    """Epoch numbers, validation curves and seconds (training + validation)
+    of every epoch of a run, a dense warm-up's first."""
+    phases = [exp / WARMUP_DIR, exp] if (exp / WARMUP_DIR / "checkpoint.pth").exists() else [exp]
+    history: Dict[str, list] = {"epochs": [], "valid_acc": [], "valid_loss": [], "seconds": []}
+    for phase in phases:
+        stats = epoch_stats(phase)
+        offset = len(history["epochs"])
+        for epoch in sorted(stats):
+            history["epochs"].append(offset + epoch)
+            history["valid_acc"].append(stats[epoch]["valid"]["acc"])
+            history["valid_loss"].append(stats[epoch]["valid"]["loss"])
+            history["seconds"].append(sum(seconds(stats[epoch][part]["time"]) for part in ("train", "valid")))
+    return history
+
+
+def summarise(recipe: Path, entry: Entry, tag: str, seed: int, test_set: str) -> Run:
     import yaml
 
     from espnet_lowrank.model_config import build_model, count_parameters
     from espnet_lowrank.stages.score import score_set
 
     exp = recipe / "exp" / f"asr_{tag}"
-    stats = epoch_stats(exp)
-    epochs = sorted(stats)
+    history = training_history(exp)
     # the decoding stage 12 just wrote: an exp dir may hold older ones too
     hypotheses = sorted(exp.glob(f"decode_*/{test_set}/text"), key=lambda p: p.stat().st_mtime)
     if not hypotheses:
         raise FileNotFoundError(f"{exp} has no decode_*/{test_set}/text: did stage 12 run?")
     scores = score_set(recipe / "dump" / "raw" / test_set / "text", hypotheses[-1])
-    return {
-        "config": config.name, "tag": tag,
-        # the training config with the run's vocabulary (the saved config.yaml
-        # names a stats file relative to the recipe dir)
-        "params": count_parameters(build_model(config, token_list=yaml.safe_load(
-            (exp / "config.yaml").read_text())["token_list"])),
-        "epochs": epochs,
-        "epoch_seconds": statistics.median(seconds(stats[e]["train"]["time"]) for e in epochs),
-        "valid_acc": [stats[e]["valid"]["acc"] for e in epochs],
-        "valid_loss": [stats[e]["valid"]["loss"] for e in epochs],
-        "wer": scores["WER"].error_rate, "cer": scores["CER"].error_rate,
-    }
+    # the model that is decoded: the training config with the run's vocabulary
+    # (the saved config.yaml names a stats file relative to the recipe dir)
+    tokens = yaml.safe_load((exp / "config.yaml").read_text())["token_list"]
+    return Run(
+        tag=tag, seed=seed, params=count_parameters(build_model(entry.config, token_list=tokens)),
+        epochs=history["epochs"], valid_acc=history["valid_acc"], valid_loss=history["valid_loss"],
+        train_seconds=sum(history["seconds"]),
+        wer=scores["WER"].error_rate, cer=scores["CER"].error_rate,
+    )
+
+
+def with_seed(options: Sequence[str], seed: int) -> List[str]:
+    """run.sh options that also give ESPnet ``--seed``."""
+    options = list(options)
+    if "--asr_args" in options:
+        index = options.index("--asr_args") + 1
+        options[index] = f"{options[index]} --seed {seed}"
+        return options
+    return [*options, "--asr_args", f"--seed {seed}"]
+
+
+def _values(runs: Sequence[Run], name: str) -> str:
+    values = [getattr(r, name) for r in runs]
+    mean = f"{statistics.mean(values):.1f}"
+    return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.1f}' for v in values)})"
 
 
 def markdown(rows: List[Dict]) -> str:
+    """One line per entry: its runs' mean, and each run's value when there are several."""
+    first = rows[0]["runs"]
+    first_params = first[0].params
+    first_seconds = statistics.mean(r.train_seconds for r in first)
     lines = [
-        "| config | params (M) | train time / epoch (s) | epochs | test WER % | test CER % |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| config (+ run.sh options) | params (M) | fewer than first | epochs | training time (min) "
+        "| vs first | test WER % | test CER % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for row in rows:
+        runs = row["runs"]
+        minutes = statistics.mean(r.train_seconds for r in runs) / 60
         lines.append(
-            f"| `{r['config']}` | {r['params'] / 1e6:.2f} | {r['epoch_seconds']:.1f} | "
-            f"{len(r['epochs'])} | {r['wer']:.1f} | {r['cer']:.1f} |"
+            f"| `{row['name']}` | {runs[0].params / 1e6:.2f} | {first_params / runs[0].params:.2f}× | "
+            f"{len(runs[0].epochs)} | {minutes:.1f} | "
+            f"{minutes * 60 / first_seconds:.2f}× | {_values(runs, 'wer')} | {_values(runs, 'cer')} |"
         )
+    seeds = sorted({r.seed for row in rows for r in row["runs"]})
+    if len(seeds) > 1:
+        lines.append(f"\nWhere an entry ran with several seeds ({', '.join(map(str, seeds))}): the mean, "
+                     "then each run's value in seed order.")
     return "\n".join(lines)
 
 
@@ -86,38 +184,61 @@ def plot(rows: List[Dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (acc, loss) = plt.subplots(1, 2, figsize=(12, 4))
-    for r in rows:
-        acc.plot(r["epochs"], r["valid_acc"], marker="o", label=r["tag"])
-        loss.plot(r["epochs"], r["valid_loss"], marker="o", label=r["tag"])
+    figure, (acc, loss) = plt.subplots(1, 2, figsize=(13, 4.5))
+    colours = plt.get_cmap("tab20").colors
+    for index, row in enumerate(rows):
+        for number, run in enumerate(row["runs"]):
+            style = dict(color=colours[index % len(colours)], linestyle=("-", "--", ":")[number % 3],
+                         marker="o", markersize=3, label=run.tag)
+            acc.plot(run.epochs, run.valid_acc, **style)
+            loss.plot(run.epochs, run.valid_loss, **style)
     acc.set(title="validation accuracy (attention decoder, teacher forced)", xlabel="epoch", ylabel="acc")
     loss.set(title="validation loss", xlabel="epoch", ylabel="loss")
     for axis in (acc, loss):
         axis.grid(alpha=0.3)
     # one legend under both plots: inside, it hides the curves it names
-    figure.legend(*acc.get_legend_handles_labels(), loc="lower center", ncol=min(len(rows), 4), fontsize=8)
-    figure.tight_layout(rect=(0, 0.06 * ((len(rows) + 3) // 4), 1, 1))
-    figure.savefig(path, dpi=120)
+    handles = acc.get_legend_handles_labels()
+    columns = 3
+    figure.legend(*handles, loc="lower center", ncol=columns, fontsize=7)
+    legend_rows = (len(handles[0]) + columns - 1) // columns
+    figure.set_size_inches(13, 4.5 + 0.22 * legend_rows)
+    figure.tight_layout(rect=(0, 0.22 * legend_rows / (4.5 + 0.22 * legend_rows) + 0.02, 1, 1))
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def run_sh(recipe: Path, *options: str) -> None:
     command = [str(ROOT / "run.sh"), "--python", sys.executable, *options]
-    print("+", " ".join(command), file=sys.stderr, flush=True)
+    print("+", shlex.join(command), file=sys.stderr, flush=True)
     subprocess.run(command, cwd=recipe, check=True)
 
 
-def compare(recipe: Path, configs: Sequence[Path], out: Path, test_set: str, run_args: Sequence[str]) -> str:
+def config_seed(config: Path) -> Optional[int]:
+    from espnet_lowrank.model_config import read_config
+
+    return read_config(config).get("seed")
+
+
+def compare(recipe: Path, entries: Sequence[Entry], out: Path, test_set: str,
+            run_args: Sequence[str], seeds: Sequence[int] = ()) -> str:
     run_sh(recipe, "--stop_stage", "5", *run_args)
     rows = []
-    for config in configs:
-        tag = config.stem
-        run_sh(recipe, "--stage", "10", "--stop_stage", "13", "--asr_config", str(config.resolve()),
-               "--asr_tag", tag, "--test_sets", test_set, *run_args)
-        rows.append(summarise(recipe, config, tag, test_set))
+    for entry in entries:
+        own_seed = config_seed(entry.config)
+        runs = []
+        for seed in entry.seeds or seeds or [own_seed]:
+            tag, options = entry.tag, list(entry.options)
+            if seed != own_seed:
+                tag, options = f"{tag}_seed{seed}", with_seed(options, seed)
+            run_sh(recipe, "--stage", "10", "--stop_stage", "13", "--asr_config", str(entry.config.resolve()),
+                   "--asr_tag", tag, "--test_sets", test_set, *run_args, *options)
+            runs.append(summarise(recipe, entry, tag, seed, test_set))
+        rows.append({"name": entry.name, "runs": runs})
     table = markdown(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table + "\n")
+    out.with_suffix(".json").write_text(json.dumps(
+        [{"name": r["name"], "runs": [asdict(run) for run in r["runs"]]} for r in rows], indent=1))
     plot(rows, out.with_suffix(".png"))
     return table
 
@@ -128,14 +249,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe_dir", type=Path, required=True)
-    parser.add_argument("--configs", type=Path, nargs="+", required=True)
-    parser.add_argument("--out", type=Path, required=True, help="writes <out>.md and <out>.png")
+    parser.add_argument("--configs", nargs="+", required=True,
+                        help='config paths, each optionally with run.sh options: "conf/x.yaml --opt value"')
+    parser.add_argument("--seeds", type=int, nargs="*", default=[],
+                        help="train every config once per seed (default: once, with the config's seed)")
+    parser.add_argument("--out", type=Path, required=True, help="writes <out>.md, <out>.json and <out>.png")
     parser.add_argument("--test_set", default="test")
     args = parser.parse_args(argv)
-    for config in args.configs:
-        if not config.is_file():
-            parser.error(f"--configs: {config} does not exist")
-    print(compare(args.recipe_dir, args.configs, args.out, args.test_set, run_args))
+    entries = [Entry.parse(text) for text in args.configs]
+    for entry in entries:
+        if not entry.config.is_file():
+            parser.error(f"--configs: {entry.config} does not exist")
+    print(compare(args.recipe_dir, entries, args.out, args.test_set, run_args, args.seeds))
 
 
 if __name__ == "__main__":
