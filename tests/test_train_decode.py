@@ -80,3 +80,50 @@ def test_speech2text_refuses_a_checkpoint_that_does_not_fit(trained, tmp_path):
     torch.save(dense.state_dict(), checkpoint)
     with pytest.raises(RuntimeError, match=r"missing keys \[.*encoder.encoders.0.self_attn.linear_q.U"):
         Speech2Text(asr_train_config=str(trained["config"]), asr_model_file=str(checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained_guided(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guided")
+    data = write_tiny_data(root / "data")
+    exp = root / "exp"
+    command = train_command(sys.executable, CONF / "tiny_lowrank_guided.yaml", data, exp)
+    command[command.index("--max_epoch") + 1] = "2"  # 3 batches an epoch: the guides end in epoch 1
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"data": data, "exp": exp, "config": exp / "config.yaml"}
+
+
+def test_guided_training_writes_guide_free_models(trained_guided):
+    tokens = trained_guided["data"]["tokens"].read_text().split()
+    plain = build_model(CONF / "tiny_lowrank.yaml", token_list=tokens).state_dict()
+    schedule = {"encoder.lowrank_guide.step", "decoder.lowrank_guide.step"}
+    for name in ("1epoch.pth", "2epoch.pth", "valid.acc.ave.pth"):
+        state = torch.load(trained_guided["exp"] / name, map_location="cpu")
+        # plain low rank's weights, plus the two schedule positions
+        assert set(state) == set(plain) | schedule, name
+        assert all(state[k].shape == v.shape for k, v in plain.items()), name
+    assert "lowrank_guide" in trained_guided["config"].read_text()
+
+
+def test_guided_pack_decodes_with_the_guard_on(trained_guided, tmp_path):
+    from espnet_model_zoo.downloader import ModelDownloader
+
+    exp = trained_guided["exp"]
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet2.bin.pack", "asr", "--asr_train_config", str(exp / "config.yaml"),
+         "--asr_model_file", str(exp / "valid.acc.ave.pth"), "--outpath", str(tmp_path / "asr_model.zip")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = ModelDownloader(tmp_path / "cache").unpack_local_file(str(tmp_path / "asr_model.zip"))
+    speech2text = Speech2Text(**files, device="cpu", beam_size=2)
+    tokens = trained_guided["data"]["tokens"].read_text().split()
+    plain = build_model(CONF / "tiny_lowrank.yaml", token_list=tokens)
+    assert sum(p.numel() for p in speech2text.asr_model.parameters()) == sum(p.numel() for p in plain.parameters())
+    audio, _ = soundfile.read(trained_guided["data"]["wav"], dtype="float32")
+    assert isinstance(speech2text(audio)[0][0], str)
+    with pytest.raises(RuntimeError, match=r"missing keys \[.*linear_q.U"):  # the guard is still on
+        dense = build_model(CONF / "tiny_dense.yaml", token_list=tokens)
+        torch.save(dense.state_dict(), tmp_path / "dense.pth")
+        Speech2Text(asr_train_config=files["asr_train_config"], asr_model_file=str(tmp_path / "dense.pth"))
