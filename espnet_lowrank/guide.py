@@ -77,6 +77,11 @@ class GuideSchedule(nn.Module):
         if training and not self.finished:
             self.step += 1
 
+    def finish(self) -> None:
+        """Jump to the end of the schedule (the guides go)."""
+        self.step.fill_(self.steps)
+        self.sync()
+
     def match_checkpoint(self, step: Optional[torch.Tensor]) -> None:
         """Before loading a state dict whose schedule is at ``step``: a
         finished schedule's checkpoint holds no guides (drop ours), an

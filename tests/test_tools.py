@@ -114,3 +114,14 @@ def test_epoch_time_is_read_in_every_form_espnet_stores_it():
     assert seconds(datetime.timedelta(minutes=1, seconds=12)) == 72.0  # espnet 202511
     assert seconds({"__timedelta_seconds__": 72.0}) == 72.0  # espnet 202611
     assert seconds(72) == 72.0
+
+
+def test_bench_times_a_guided_config_with_and_after_its_guides():
+    from espnet_lowrank.tools.bench import bench
+
+    result = bench([CONF / "tiny_lowrank.yaml", CONF / "tiny_lowrank_guided.yaml"], vocab=20, batch=1,
+                   seconds=1, text_length=3, repeats=1, warmup=0, device="cpu")
+    plain, during, after = result["results"]
+    assert during["config"].endswith("[guide on]") and after["config"].endswith("[guide done]")
+    assert after["train_flops"] == plain["train_flops"] < during["train_flops"]  # no dense path after α = 0
+    assert after["params"] == plain["params"] < during["params"]

@@ -150,11 +150,11 @@ def bench(
     models, optimizers, results = [], [], []
     scaler = torch.amp.GradScaler(device, enabled=(amp == "fp16"))
     for config in configs:
-        torch.manual_seed(0)
-        model = build_model(config, vocab_size=vocab).to(device)
-        models.append(model)
-        optimizers.append(torch.optim.Adam(model.parameters(), lr=1e-5))
-        results.append(ConfigResult(config=str(config), params=count_parameters(model)))
+        for label, model in _variants(config, vocab):
+            model.to(device)
+            models.append(model)
+            optimizers.append(torch.optim.Adam(model.parameters(), lr=1e-5))
+            results.append(ConfigResult(config=label, params=count_parameters(model)))
     for model, optimizer, result in zip(models, optimizers, results):
         model.train()
         step = lambda: train_step(model, optimizer, data, device, amp, scaler)  # noqa: E731
@@ -177,6 +177,22 @@ def bench(
         "batch": batch, "seconds": seconds, "text_length": text_length, "repeats": repeats,
         "warmup": warmup, "device": device, "amp": amp, "vocab": vocab,
     }, "results": [_summarise(r, results[0]) for r in results]}
+
+
+def _variants(config, vocab: int) -> List[Tuple[str, torch.nn.Module]]:
+    """The model of ``config``; a guided one twice: while its guides are on
+    (α > 0: dense and factored paths) and after its schedule (plain low rank)."""
+    torch.manual_seed(0)
+    model = build_model(config, vocab_size=vocab)
+    schedules = [m.lowrank_guide for m in model.modules() if getattr(m, "lowrank_guide", None) is not None]
+    if not schedules:
+        return [(str(config), model)]
+    torch.manual_seed(0)
+    finished = build_model(config, vocab_size=vocab)
+    for module in finished.modules():
+        if getattr(module, "lowrank_guide", None) is not None:
+            module.lowrank_guide.finish()
+    return [(f"{config} [guide on]", model), (f"{config} [guide done]", finished)]
 
 
 def _bench_decode(results, decode_exps, decode_model, wav_scp, utts, decode_config, device) -> None:
