@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from espnet_lowrank.model_config import build_model, count_parameters
 from espnet_lowrank.tools import report
 
@@ -88,8 +90,24 @@ def test_compare_trains_decodes_and_tabulates_two_configs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = out.with_suffix(".md").read_text().splitlines()
     assert len(table) == 4 and "`tiny_lowrank.yaml`" in table[2]
-    assert all(len(row.split("|")) == 8 for row in table[2:])
+    assert all(len(row.split("|")) == 10 for row in table[2:])
+    assert table[2].split("|")[6].strip() == "1.00×"  # training time against the first config
+    runs = json.loads(out.with_suffix(".json").read_text())
+    assert [len(r["runs"]) for r in runs] == [1, 1] and runs[0]["runs"][0]["epochs"] == [1, 2]
+    assert runs[1]["runs"][0]["train_seconds"] > 0
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_entries_carry_their_options_and_seeds():
+    from espnet_lowrank.tools.compare import Entry, with_seed
+
+    entry = Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --seeds 2022,2023")
+    assert entry.options == ["--lowrank_warmup_epochs", "2"] and entry.seeds == [2022, 2023]
+    assert entry.tag == "x_warmup2" and entry.name == "x.yaml --lowrank_warmup_epochs 2"
+    assert with_seed(["--asr_args", "--max_epoch 3"], 7) == ["--asr_args", "--max_epoch 3 --seed 7"]
+    assert with_seed([], 7) == ["--asr_args", "--seed 7"]
+    with pytest.raises(ValueError, match="must come last"):
+        Entry.parse("conf/x.yaml --seeds 1,2 --lowrank_warmup_epochs 2")
 
 
 def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
