@@ -2,7 +2,10 @@
 
 Every factorised layer of an encoder or decoder gets a dense guide W that
 starts at its ``U·V`` and outputs ``α·Wx + (1−α)·U(Vx)``; α falls from 1 to 0
-over ``steps`` training batches (``cosine`` or ``linear``). From α = 0 on the
+over ``steps`` training batches (``cosine`` or ``linear``), or stays 1 for
+``steps`` batches and then drops to 0 (``switch``: a dense warm-up inside one
+training run, after which the factors restart as the truncated SVD of the
+trained guide, as Pufferfish does between runs). From α = 0 on the
 guides are gone: no dense path is computed, and the state dict (so every
 checkpoint written from then on, ``valid.acc.ave.pth`` and the pack included)
 holds plain low rank. The position in the schedule is a buffer of the
@@ -12,7 +15,7 @@ schedule is over.
 
 YAML (``encoder_conf`` and/or ``decoder_conf``)::
 
-    lowrank_guide: {steps: 800, schedule: cosine}
+    lowrank_guide: {steps: 800, schedule: cosine}   # or linear, or switch
 """
 
 import math
@@ -21,15 +24,17 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from espnet_lowrank.layers import LowRankLinear, check_choice
+from espnet_lowrank.layers import LowRankLinear, check_choice, spectral_factors
 
-GUIDE_SCHEDULES = ("cosine", "linear")
+GUIDE_SCHEDULES = ("cosine", "linear", "switch")
 
 
 def guide_alpha(step: int, steps: int, schedule: str) -> float:
     """Weight of the dense path after ``step`` training batches."""
     if step >= steps:
         return 0.0
+    if schedule == "switch":
+        return 1.0
     progress = step / steps
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -61,11 +66,14 @@ class GuideSchedule(nn.Module):
         return int(self.step) >= self.steps
 
     def sync(self) -> None:
-        """Give every layer the current α; drop the guides once it is 0."""
+        """Give every layer the current α; drop the guides once it is 0 (a
+        ``switch`` schedule first restarts the factors from its guide)."""
         alpha = self.alpha
         for layer in self._layers:
             if alpha == 0.0:
                 if layer.guide is not None:
+                    if self.schedule == "switch":
+                        layer.set_factors(*spectral_factors(layer.guide.detach(), layer.rank))
                     layer.drop_guide()
             else:
                 layer.guide_alpha = alpha
@@ -89,10 +97,11 @@ class GuideSchedule(nn.Module):
         if step is None:
             return  # not a guided checkpoint: the key check names what is missing
         self.step.fill_(min(int(step), self.steps))
-        if not self.finished:
-            for layer in self._layers:
-                if layer.guide is None:
-                    layer.add_guide()
+        for layer in self._layers:
+            if self.finished and layer.guide is not None:
+                layer.drop_guide()  # the checkpoint holds the factors that replaced it
+            elif not self.finished and layer.guide is None:
+                layer.add_guide()
         self.sync()
 
     def extra_repr(self) -> str:

@@ -273,6 +273,8 @@ class LowRankLinear(nn.Module):
         if self.guide is None or self.guide_alpha == 0.0:
             return self._factored(x, u, v, self.bias)
         alpha = self.guide_alpha
+        if alpha == 1.0:  # the factors wait: no gradients, no optimiser state for them yet
+            return self._dense(x, self.guide, self.bias)
         return self._dense(x, alpha * self.guide, self.bias) + self._factored(x, (1 - alpha) * u, v, None)
 
     def _product(self) -> torch.Tensor:

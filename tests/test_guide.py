@@ -37,6 +37,7 @@ def _train_forwards(encoder, count):
 @pytest.mark.parametrize("schedule,expected", [
     ("cosine", [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.0, 0.0]),
     ("linear", [1.0, 0.75, 0.5, 0.0, 0.0]),
+    ("switch", [1.0, 1.0, 1.0, 0.0, 0.0]),
 ])
 def test_alpha_falls_from_one_to_zero(schedule, expected):
     assert [guide_alpha(step, 8, schedule) for step in (0, 2, 4, 8, 100)] == pytest.approx(expected)
@@ -78,6 +79,22 @@ def test_schedule_counts_training_batches_and_drops_the_guides_at_zero():
     assert all(m.guide is None for m in layers)
     assert not any(".guide" in key for key in encoder.state_dict())
     assert sum(p.numel() for p in encoder.parameters()) == plain_params
+
+
+def test_switch_trains_the_guides_alone_then_restarts_the_factors_from_them():
+    encoder = _encoder({"steps": 2, "schedule": "switch"})
+    q = encoder.encoders[0].self_attn.linear_q
+    _train_forwards(encoder, 2)
+    assert q.U.grad is None and q.guide.grad is not None  # the factors wait: no optimiser state yet
+    with torch.no_grad():
+        q.guide.add_(0.1 * torch.randn_like(q.guide))  # as training would move it: full rank
+    trained = q.guide.detach().clone()
+    encoder.train()
+    encoder(*_features())  # the third batch switches
+    assert q.guide is None
+    left, singular, right = torch.linalg.svd(trained.double())
+    best = left[:, :q.rank] @ torch.diag(singular[:q.rank]) @ right[:q.rank]
+    torch.testing.assert_close((q.U @ q.V).detach().double(), best, atol=1e-5, rtol=1e-5)
 
 
 def test_at_alpha_zero_the_dense_path_is_not_computed(monkeypatch):
@@ -154,7 +171,7 @@ def test_decoder_guides_its_layers_too():
 
 @pytest.mark.parametrize("guide,message", [
     ({"steps": 0}, "lowrank_guide.steps=0"),
-    ({"steps": 5, "schedule": "step"}, "lowrank_guide.schedule='step' is unknown; choose one of cosine, linear"),
+    ({"steps": 5, "schedule": "step"}, "lowrank_guide.schedule='step' is unknown; choose one of cosine, linear, switch"),
     ({"steps": 5, "ratio": 0.1}, "lowrank_guide.ratio is not an option"),
 ])
 def test_bad_guide_settings_are_named(guide, message):
