@@ -108,6 +108,14 @@ class GuideSchedule(nn.Module):
         return f"steps={self.steps}, schedule={self.schedule}, step={int(self.step)}"
 
 
+def finish_guides(model: nn.Module) -> nn.Module:
+    """End every guide schedule in ``model``: the model as it is decoded."""
+    for module in model.modules():
+        if getattr(module, "lowrank_guide", None) is not None:
+            module.lowrank_guide.finish()
+    return model
+
+
 def check_guide_conf(conf: Any, key: str) -> Optional[Mapping[str, Any]]:
     """Validate ``lowrank_guide`` (``null`` or ``{steps: N, schedule: ...}``)."""
     if conf is None:

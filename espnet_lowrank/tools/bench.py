@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from espnet_lowrank import machine
+from espnet_lowrank.guide import finish_guides
 from espnet_lowrank.model_config import build_model, count_parameters
 
 
@@ -188,10 +189,7 @@ def _variants(config, vocab: int) -> List[Tuple[str, torch.nn.Module]]:
     if not schedules:
         return [(str(config), model)]
     torch.manual_seed(0)
-    finished = build_model(config, vocab_size=vocab)
-    for module in finished.modules():
-        if getattr(module, "lowrank_guide", None) is not None:
-            module.lowrank_guide.finish()
+    finished = finish_guides(build_model(config, vocab_size=vocab))
     return [(f"{config} [guide on]", model), (f"{config} [guide done]", finished)]
 
 

@@ -116,6 +116,7 @@ def training_history(exp: Path) -> Dict[str, list]:
 def summarise(recipe: Path, entry: Entry, tag: str, seed: int, test_set: str) -> Run:
     import yaml
 
+    from espnet_lowrank.guide import finish_guides
     from espnet_lowrank.model_config import build_model, count_parameters
     from espnet_lowrank.stages.score import score_set
 
@@ -127,10 +128,12 @@ def summarise(recipe: Path, entry: Entry, tag: str, seed: int, test_set: str) ->
         raise FileNotFoundError(f"{exp} has no decode_*/{test_set}/text: did stage 12 run?")
     scores = score_set(recipe / "dump" / "raw" / test_set / "text", hypotheses[-1])
     # the model that is decoded: the training config with the run's vocabulary
-    # (the saved config.yaml names a stats file relative to the recipe dir)
+    # (the saved config.yaml names a stats file relative to the recipe dir),
+    # its guides, if any, gone
     tokens = yaml.safe_load((exp / "config.yaml").read_text())["token_list"]
+    decoded = finish_guides(build_model(entry.config, token_list=tokens))
     return Run(
-        tag=tag, seed=seed, params=count_parameters(build_model(entry.config, token_list=tokens)),
+        tag=tag, seed=seed, params=count_parameters(decoded),
         epochs=history["epochs"], valid_acc=history["valid_acc"], valid_loss=history["valid_loss"],
         train_seconds=sum(history["seconds"]),
         wer=scores["WER"].error_rate, cer=scores["CER"].error_rate,
