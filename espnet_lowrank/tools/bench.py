@@ -181,13 +181,17 @@ def bench(
 
 
 def _variants(config, vocab: int) -> List[Tuple[str, torch.nn.Module]]:
-    """The model of ``config``; a guided one twice: while its guides are on
-    (α > 0: dense and factored paths) and after its schedule (plain low rank)."""
+    """The model of ``config``; a guided one twice: half way through its
+    schedule (cosine/linear: both paths; switch: the guides alone) and after
+    it (plain low rank)."""
     torch.manual_seed(0)
     model = build_model(config, vocab_size=vocab)
     schedules = [m.lowrank_guide for m in model.modules() if getattr(m, "lowrank_guide", None) is not None]
     if not schedules:
         return [(str(config), model)]
+    for schedule in schedules:
+        schedule.step.fill_(schedule.steps // 2)
+        schedule.sync()
     torch.manual_seed(0)
     finished = finish_guides(build_model(config, vocab_size=vocab))
     return [(f"{config} [guide on]", model), (f"{config} [guide done]", finished)]
