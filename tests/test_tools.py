@@ -143,5 +143,4 @@ def test_bench_times_a_guided_config_with_and_after_its_guides():
     assert during["config"].endswith("[guide on]") and after["config"].endswith("[guide done]")
     # half way through the schedule both paths run; after it, no dense path
     assert after["train_flops"] == plain["train_flops"] < during["train_flops"]
-    assert during["train_flops"] > result["results"][0]["train_flops"]
     assert after["params"] == plain["params"] < during["params"]
