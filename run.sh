@@ -193,12 +193,15 @@ if run_stage 11; then
     need 11 "${dumpdir}/raw/${train_sp}" "stages 3-4"
     need 11 "${stats_dir}/.done" "stage 10"
     phase_args=()
+    lowrank_epochs=0  # stays 0 without a warm-up, and for a dense config (nothing to factorise)
     if [ "${lowrank_warmup_epochs}" -gt 0 ]; then
+      lowrank_epochs=$(py espnet_lowrank.stages.warmup epochs --config "${asr_config}" \
+        --warmup_epochs "${lowrank_warmup_epochs}" --asr_args "${asr_args}") || die "stage 11: see the error above"
+    fi
+    if [ "${lowrank_epochs}" -gt 0 ]; then
       # Pufferfish: dense twin for E epochs -> truncated SVD of its trained weights -> low rank,
       # fresh optimiser and LR warm-up. Each phase resumes on its own; the conversion is atomic.
       warmup_exp=${asr_exp}/dense_warmup
-      lowrank_epochs=$(py espnet_lowrank.stages.warmup epochs --config "${asr_config}" \
-        --warmup_epochs "${lowrank_warmup_epochs}" --asr_args "${asr_args}") || die "stage 11: see the error above"
       if ! done_before "${warmup_exp}/.done"; then
         log "stage 11: dense warm-up, ${lowrank_warmup_epochs} epochs (log: ${warmup_exp}/train.log)"
         py espnet_lowrank.stages.warmup dense-config --config "${asr_config}" --out "${warmup_exp}/dense_config.yaml" \

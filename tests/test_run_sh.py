@@ -3,6 +3,7 @@ embedded corpus, markers, resume after kill -9, and the packed model."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tests" / "conf" / "tiny_lowrank.yaml"
@@ -223,6 +225,25 @@ def test_warmup_needs_fewer_epochs_than_max_epoch(tmp_path):
     assert lowrank_epochs(TINY_CONFIG, 2, "--max_epoch 5 --batch_size 2") == 3
     with pytest.raises(StageError, match="--lowrank_warmup_epochs 5 must be at least 1 and less than max_epoch"):
         lowrank_epochs(TINY_CONFIG, 5, "--max_epoch=5")
+
+
+def test_a_dense_config_trains_as_it_is_under_a_warmup_default(capsys):
+    from espnet_lowrank.stages.warmup import lowrank_epochs
+
+    assert lowrank_epochs(ROOT / "tests" / "conf" / "tiny_dense.yaml", 2, "--max_epoch 5") == 0
+    assert "is dense: --lowrank_warmup_epochs 2 has nothing to factorise" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["librispeech_100", "librispeech"])
+def test_the_librispeech_recipes_warm_up_within_their_configs_epochs(recipe):
+    """Their run.sh defaults to a dense warm-up that must leave low-rank epochs."""
+    from espnet_lowrank.stages.warmup import lowrank_epochs
+
+    wrapper = (ROOT / "egs2" / recipe / "asr1" / "run.sh").read_text()
+    config = re.search(r"--asr_config (\S+)", wrapper).group(1)
+    warmup = int(re.search(r"--lowrank_warmup_epochs (\d+)", wrapper).group(1))
+    total = yaml.safe_load((ROOT / config).read_text())["max_epoch"]
+    assert lowrank_epochs(ROOT / config, warmup, "") == total - warmup >= 0.75 * total
 
 
 @pytest.mark.slow

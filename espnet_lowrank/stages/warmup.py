@@ -8,7 +8,9 @@ train the config's dense twin for E epochs, factorise its trained weights
 
 ``epochs`` prints how many epochs the low-rank phase trains: ``max_epoch``
 (the last ``--max_epoch`` in ``--asr_args``, else the config's, else
-ESPnet's default) minus E.
+ESPnet's default) minus E; 0 for a dense config, which has nothing to
+factorise and trains as it is (so a recipe can default to a warm-up and
+still train its dense baseline).
 """
 
 import argparse
@@ -23,9 +25,13 @@ from espnet_lowrank.model_config import DENSE_TWINS, dense_twin, read_config
 from espnet_lowrank.stages import StageError
 
 
+def is_low_rank(values: dict) -> bool:
+    return any(values.get(part) == ours for part, (ours, _) in DENSE_TWINS.items())
+
+
 def write_dense_config(config: Path, out: Path) -> None:
     values = read_config(config)
-    if not any(values.get(part) == ours for part, (ours, _) in DENSE_TWINS.items()):
+    if not is_low_rank(values):
         raise StageError(
             f"stage 11: --lowrank_warmup_epochs needs a low-rank model, but {config} uses neither "
             f"{' nor '.join(ours for ours, _ in DENSE_TWINS.values())}"
@@ -61,6 +67,10 @@ def max_epoch(config: Path, asr_args: str) -> int:
 
 
 def lowrank_epochs(config: Path, warmup_epochs: int, asr_args: str) -> int:
+    if not is_low_rank(read_config(config)):
+        print(f"stage 11: {config} is dense: --lowrank_warmup_epochs {warmup_epochs} has nothing to "
+              "factorise, so it trains as it is", file=sys.stderr)
+        return 0
     total = max_epoch(config, asr_args)
     if not 1 <= warmup_epochs < total:
         raise StageError(

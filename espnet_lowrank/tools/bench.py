@@ -247,28 +247,30 @@ def _machine(device: str) -> str:
 
 def format_results(result: Dict) -> str:
     setup = result["setup"]
+    names = [Path(r["config"]).name for r in result["results"]]
+    width = max(34, *map(len, names))
     lines = [
         f"machine: {result['machine']}",
         f"batch: {setup['batch']} x {setup['seconds']} s raw audio, {setup['text_length']} tokens, "
         f"vocab {setup['vocab']}; median of {setup['repeats']} (after {setup['warmup']} warm-up); "
         f"device {setup['device']}, amp {setup['amp']}",
         "",
-        f"{'config':34} {'params':>8} {'train s':>8} {'speed-up':>8} {'FLOP x':>7} {'effic.':>6} "
+        f"{'config':{width}} {'params':>8} {'train s':>8} {'speed-up':>8} {'FLOP x':>7} {'effic.':>6} "
         f"{'enc s':>7} {'speed-up':>8} {'FLOP x':>7} {'effic.':>6} {'mem MB':>8} {'RTF':>6}",
     ]
-    for r in result["results"]:
+    for name, r in zip(names, result["results"]):
         rtf = f"{r['decode_rtf_median']:.3f}" if r["decode_rtf_median"] else "-"
         lines.append(
-            f"{Path(r['config']).name:34} {r['params'] / 1e6:>7.2f}M {r['train_step_s_median']:>8.3f} "
+            f"{name:{width}} {r['params'] / 1e6:>7.2f}M {r['train_step_s_median']:>8.3f} "
             f"{r['train_step_s_speedup']:>7.2f}x {r['train_flop_speedup']:>6.2f}x {r['train_efficiency']:>6.2f} "
             f"{r['encoder_s_median']:>7.3f} {r['encoder_s_speedup']:>7.2f}x {r['encoder_flop_speedup']:>6.2f}x "
             f"{r['encoder_efficiency']:>6.2f} {r['train_memory_mb']:>8.1f} {rtf:>6}"
         )
     lines += ["", "training step GFLOP (forward + backward) by part:",
-              f"{'config':34} {'total':>8} " + " ".join(f"{part:>16}" for part in FLOP_PARTS)]
-    for r in result["results"]:
+              f"{'config':{width}} {'total':>8} " + " ".join(f"{part:>16}" for part in FLOP_PARTS)]
+    for name, r in zip(names, result["results"]):
         lines.append(
-            f"{Path(r['config']).name:34} {r['train_flops'] / 1e9:>8.1f} "
+            f"{name:{width}} {r['train_flops'] / 1e9:>8.1f} "
             + " ".join(f"{r['train_flops_by_part'][part] / 1e9:>16.1f}" for part in FLOP_PARTS)
         )
     return "\n".join(lines)

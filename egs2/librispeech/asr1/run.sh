@@ -2,6 +2,8 @@
 # LibriSpeech 960 h with LR-SMS at the shape of ESPnet's LibriSpeech Conformer (512 wide, 8 heads, 2048 units).
 # An existing copy of LibriSpeech skips the download: ./run.sh --librispeech_root /data/LibriSpeech
 # Dense baseline: ./run.sh --asr_config conf/tuning/train_asr_conformer_960.yaml
+# LR-SMS trains with a dense warm-up: 7 of its 35 epochs as its dense twin, then factorised
+# (--lowrank_warmup_epochs; 0 trains low rank from the start; a dense config ignores it).
 set -euo pipefail
 exec ../../../run.sh \
   --corpus librispeech \
@@ -16,5 +18,6 @@ exec ../../../run.sh \
   --speed_perturb_factors "0.9 1.0 1.1" \
   --ngpu 4 \
   --nj 32 \
+  --lowrank_warmup_epochs 7 \
   --inference_nj 32 \
   "$@"

@@ -2,6 +2,8 @@
 # LibriSpeech train-clean-100 with LR-SMS at the shape of ESPnet's LibriSpeech-100 Conformer.
 # An existing copy of LibriSpeech skips the download: ./run.sh --librispeech_root /data/LibriSpeech
 # Dense baseline: ./run.sh --asr_config conf/tuning/train_asr_conformer.yaml
+# LR-SMS trains with a dense warm-up: 14 of its 70 epochs as its dense twin, then factorised
+# (--lowrank_warmup_epochs; 0 trains low rank from the start; a dense config ignores it).
 set -euo pipefail
 exec ../../../run.sh \
   --corpus librispeech \
@@ -16,5 +18,6 @@ exec ../../../run.sh \
   --speed_perturb_factors "0.9 1.0 1.1" \
   --ngpu 1 \
   --nj 16 \
+  --lowrank_warmup_epochs 14 \
   --inference_nj 16 \
   "$@"
