@@ -1,7 +1,7 @@
 """Train, decode and score several configs on the same data with the same
 budget, and put them side by side: ``python -m espnet_lowrank.tools.compare``.
 
-    python -m espnet_lowrank.tools.compare --recipe_dir egs2/embedded/asr1 --out docs/results \\
+    python -m espnet_lowrank.tools.compare --recipe_dir egs2/embedded/asr1 --out results/demo \\
         --configs conf/compare/train_asr_conformer_demo.yaml \\
                   "conf/train_asr_lrsms_demo.yaml --lowrank_warmup_epochs 2" \\
         --seeds 2022 2023
