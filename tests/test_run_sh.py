@@ -240,8 +240,8 @@ def test_the_librispeech_recipes_warm_up_within_their_configs_epochs(recipe):
     from espnet_lowrank.stages.warmup import lowrank_epochs
 
     wrapper = (ROOT / "egs2" / recipe / "asr1" / "run.sh").read_text()
-    config = re.search(r"--asr_config (\S+)", wrapper).group(1)
-    warmup = int(re.search(r"--lowrank_warmup_epochs (\d+)", wrapper).group(1))
+    config = re.search(r"^\s+--asr_config (\S+)", wrapper, re.M).group(1)
+    warmup = int(re.search(r"^\s+--lowrank_warmup_epochs (\d+)", wrapper, re.M).group(1))
     total = yaml.safe_load((ROOT / config).read_text())["max_epoch"]
     assert lowrank_epochs(ROOT / config, warmup, "") == total - warmup >= 0.75 * total
 
