@@ -47,19 +47,20 @@ def test_without_svd_fix_espnet_init_would_break_the_factors():
 
 
 def _doc_table():
-    rows = re.findall(
-        r"^\| `(\S+\.yaml)` \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|",
-        (ROOT / "docs" / "configs.md").read_text(),
-        flags=re.M,
-    )
-    assert len(rows) == 9
+    """(folder, vocab, config, total, encoder, decoder, ctc) for every row of configs.md's count tables:
+    the LibriSpeech-shaped ones (conf/tuning, 5000 BPE) and the demo-size ones (conf/compare, 28 chars)."""
+    pattern = r"^\| `(\S+\.yaml)` \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|"
+    librispeech, demo = (ROOT / "docs" / "configs.md").read_text().split("## Demo-size configs")
+    rows = [("tuning", 5000, *row) for row in re.findall(pattern, librispeech, flags=re.M)]
+    rows += [("compare", 28, *row) for row in re.findall(pattern, demo, flags=re.M)]
+    assert len(rows) == 9 + 11
     return rows
 
 
-@pytest.mark.parametrize("row", _doc_table(), ids=lambda row: row[0])
+@pytest.mark.parametrize("row", _doc_table(), ids=lambda row: row[2])
 def test_configs_build_with_the_counts_in_the_doc(row):
-    name, total, encoder, decoder, ctc = row
-    model = build_model(ROOT / "conf" / "tuning" / name, vocab_size=5000)
+    folder, vocab, name, total, encoder, decoder, ctc = row
+    model = build_model(ROOT / "conf" / folder / name, vocab_size=vocab)
     measured = [count_parameters(part) / 1e6 for part in (model, model.encoder, model.decoder, model.ctc)]
     assert [f"{m:.2f}" for m in measured] == [total, encoder, decoder, ctc]
 
