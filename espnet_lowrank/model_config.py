@@ -82,6 +82,12 @@ def read_config(config: Union[str, Path]) -> dict:
     return values
 
 
+def uses_low_rank(values: Mapping[str, Any]) -> bool:
+    """Whether the training options build one of our low-rank classes (else the
+    config is dense and has nothing to factorise)."""
+    return any(values.get(part) == ours for part, (ours, _) in DENSE_TWINS.items())
+
+
 def dense_twin(values: Mapping[str, Any]) -> dict:
     """The same training options with every low-rank setting off: ESPnet's
     own Conformer/Transformer in place of ours, no ``lowrank_*`` options."""

@@ -21,17 +21,13 @@ from typing import Optional, Sequence
 
 import yaml
 
-from espnet_lowrank.model_config import DENSE_TWINS, dense_twin, read_config
+from espnet_lowrank.model_config import DENSE_TWINS, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.stages import StageError
-
-
-def is_low_rank(values: dict) -> bool:
-    return any(values.get(part) == ours for part, (ours, _) in DENSE_TWINS.items())
 
 
 def write_dense_config(config: Path, out: Path) -> None:
     values = read_config(config)
-    if not is_low_rank(values):
+    if not uses_low_rank(values):
         raise StageError(
             f"stage 11: --lowrank_warmup_epochs needs a low-rank model, but {config} uses neither "
             f"{' nor '.join(ours for ours, _ in DENSE_TWINS.values())}"
@@ -67,7 +63,7 @@ def max_epoch(config: Path, asr_args: str) -> int:
 
 
 def lowrank_epochs(config: Path, warmup_epochs: int, asr_args: str) -> int:
-    if not is_low_rank(read_config(config)):
+    if not uses_low_rank(read_config(config)):
         print(f"stage 11: {config} is dense: --lowrank_warmup_epochs {warmup_epochs} has nothing to "
               "factorise, so it trains as it is", file=sys.stderr)
         return 0
