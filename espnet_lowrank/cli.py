@@ -9,11 +9,13 @@
 import argparse
 from typing import Optional, Sequence
 
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.tools import bench, convert, report, step_check
 
 COMMANDS = (("report", report), ("bench", bench), ("convert", convert), ("step-check", step_check))
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="espnet-lowrank", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from espnet_lowrank.data.espeak import espeak
 from espnet_lowrank.data.grammar import sentence
+from espnet_lowrank.errors import one_line_errors
 
 SAMPLE_RATE = 16000
 TRAIN_VARIANTS = (
@@ -121,6 +122,7 @@ def _write_speaker(split_dir: Path, job: SpeakerJob, rate: int, waves) -> None:
     (chapter_dir / f"{job.speaker}-{chapter}.trans.txt").write_text("\n".join(transcript) + "\n")
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Synthesise the embedded corpus.")
     parser.add_argument("--out", type=Path, required=True)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List
 
+from espnet_lowrank.errors import one_line_errors
+
 
 @dataclass(frozen=True)
 class Utterance:
@@ -104,6 +106,7 @@ def combine(out_dir: Path, sources: Iterable[Path]) -> int:
     return write_data_dir(out_dir, (u for source in sources for u in read_data_dir(source)))
 
 
+@one_line_errors
 def main(argv=None) -> None:
     import argparse
 

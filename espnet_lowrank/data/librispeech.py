@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 from tqdm import tqdm
 
 from espnet_lowrank.data.kaldi_dir import Utterance, write_data_dir
+from espnet_lowrank.errors import one_line_errors
 
 BASE_URL = "https://www.openslr.org/resources/12"
 #: md5 of each archive, as openslr publishes them (resources/12/md5sum.txt).
@@ -121,6 +122,7 @@ def prepare_part(root: Path, part: str, out_dir: Path) -> int:
     return write_data_dir(out_dir, iter_part(root, part))
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Download or prepare LibriSpeech parts.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -4,6 +4,8 @@ Every stage raises :class:`StageError` for bad input, with the stage, the file
 and the utterance or option it is about, and writes its outputs atomically.
 """
 
+from espnet_lowrank.errors import InputError
 
-class StageError(Exception):
+
+class StageError(InputError):
     """Bad input to a stage; the message names the stage, file and utterance."""

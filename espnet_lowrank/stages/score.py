@@ -12,6 +12,7 @@ import jiwer
 
 from espnet_lowrank import machine
 from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 
 
@@ -95,6 +96,7 @@ def results_markdown(title: str, scores: Dict[str, Dict[str, Score]]) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decode_dir", type=Path, required=True,

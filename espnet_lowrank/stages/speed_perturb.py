@@ -12,6 +12,7 @@ import torchaudio
 from tqdm import tqdm
 
 from espnet_lowrank.data.kaldi_dir import Utterance, read_data_dir, write_data_dir
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 
 
@@ -49,6 +50,7 @@ def perturb(data_dir: Path, out_dir: Path, audio_dir: Path, factors: Sequence[fl
     return write_data_dir(out_dir, rows)
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", type=Path, required=True)

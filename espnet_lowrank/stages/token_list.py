@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 import sentencepiece
 
 from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 
 SPECIALS_FIRST = ["<blank>", "<unk>"]
@@ -67,6 +68,7 @@ def write_token_list(text_file: Path, out_dir: Path, token_type: str, nbpe: int 
     return target
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", type=Path, required=True, help="the training set's text file")

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import DENSE_TWINS, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.stages import StageError
 
@@ -76,6 +77,7 @@ def lowrank_epochs(config: Path, warmup_epochs: int, asr_args: str) -> int:
     return total - warmup_epochs
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,13 +89,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     epochs.add_argument("--warmup_epochs", type=int, required=True)
     epochs.add_argument("--asr_args", default="")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "dense-config":
-            write_dense_config(args.config, args.out)
-        else:
-            print(lowrank_epochs(args.config, args.warmup_epochs, args.asr_args))
-    except (StageError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"ERROR: {error}")
+    if args.command == "dense-config":
+        write_dense_config(args.config, args.out)
+    else:
+        print(lowrank_epochs(args.config, args.warmup_epochs, args.asr_args))
 
 
 if __name__ == "__main__":

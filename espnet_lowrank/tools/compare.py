@@ -32,6 +32,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from espnet_lowrank.errors import one_line_errors
+
 ROOT = Path(__file__).resolve().parents[2]
 #: Where run.sh puts the dense phase of ``--lowrank_warmup_epochs`` inside an exp dir.
 WARMUP_DIR = "dense_warmup"
@@ -246,6 +248,7 @@ def compare(recipe: Path, entries: Sequence[Entry], out: Path, test_set: str,
     return table
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     run_args = argv[argv.index("--") + 1:] if "--" in argv else []

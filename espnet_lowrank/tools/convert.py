@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import yaml
 
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import build_model, read_config
 from espnet_lowrank.surgery import factorize_state_dict
 
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {len(rows)} factorised layers\n{format_energy(rows)}")
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)

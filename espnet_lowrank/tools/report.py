@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import build_model, count_parameters
 
 #: Sub-layer name fragment -> group, as the configs name them.
@@ -196,6 +197,7 @@ def run(args: argparse.Namespace) -> None:
         print("\n\n".join(format_report(r) for r in results))
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
