@@ -1,0 +1,100 @@
+"""Checkpoints that survive a crash, for ESPnet's trainer.
+
+ESPnet writes ``checkpoint.pth`` and ``Nepoch.pth`` in place with
+``torch.save``: a kill during the write leaves a truncated file, and the next
+``--resume`` dies on it (or, once it is deleted, starts again at epoch 1 and
+overwrites the finished epochs). In our training entry point:
+
+- :func:`install_atomic_save` makes every ``torch.save`` to a path write a
+  hidden partial file and rename it into place, so a file either holds the
+  whole new state or the whole old one. The checkpoint being replaced is
+  kept as ``checkpoint.prev.pth`` (a hard link, so never a copy half-made).
+- :func:`recover_checkpoint`, before ESPnet resumes, falls back to
+  ``checkpoint.prev.pth`` when ``checkpoint.pth`` does not load, saying so in
+  the log, and refuses to start from epoch 1 over finished epochs.
+"""
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from espnet_lowrank.errors import InputError
+
+CHECKPOINT = "checkpoint.pth"
+PREVIOUS = "checkpoint.prev.pth"
+_original_save = torch.save
+
+
+def atomic_save(obj, f, *args, **kwargs):
+    """``torch.save`` that renames a finished file into place."""
+    if not isinstance(f, (str, os.PathLike)):
+        return _original_save(obj, f, *args, **kwargs)
+    target = Path(f)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        _original_save(obj, partial, *args, **kwargs)
+        if target.name == CHECKPOINT and target.is_file():
+            _keep_as(target, target.with_name(PREVIOUS))
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _keep_as(source: Path, destination: Path) -> None:
+    staged = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(source, staged)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, staged)
+    os.replace(staged, destination)
+
+
+def install_atomic_save() -> None:
+    torch.save = atomic_save
+
+
+def _load_error(path: Path) -> Optional[str]:
+    """None when ``path`` loads as ESPnet's resume loads it, else why not."""
+    from espnet2.torch_utils.safe_torch_load import safe_torch_load
+
+    try:
+        states = safe_torch_load(path, map_location="cpu")
+        states["reporter"], states["model"]
+    except Exception as error:  # a damaged file fails in many ways (zip, pickle, EOF)
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None
+
+
+def finished_epochs(output_dir: Path):
+    return sorted(int(m.group(1)) for p in output_dir.glob("*epoch.pth") if (m := re.fullmatch(r"(\d+)epoch\.pth", p.name)))
+
+
+def recover_checkpoint(output_dir: Path) -> None:
+    """Make ``output_dir/checkpoint.pth`` one that ESPnet can resume from,
+    or stop before training would overwrite finished epochs."""
+    checkpoint, previous = output_dir / CHECKPOINT, output_dir / PREVIOUS
+    epochs = finished_epochs(output_dir)
+    if checkpoint.exists():
+        error = _load_error(checkpoint)
+        if error is None:
+            return
+        damaged = checkpoint.with_name(CHECKPOINT + ".damaged")
+        os.replace(checkpoint, damaged)
+        logging.warning(f"{checkpoint} is damaged ({error}); kept as {damaged}")
+    elif not epochs:
+        return  # a new run
+    if previous.exists() and _load_error(previous) is None:
+        _keep_as(previous, checkpoint)
+        logging.warning(f"resuming from the last good state, {previous} (the epoch after it is trained again)")
+        return
+    raise InputError(
+        f"{output_dir} has finished epochs ({', '.join(map(str, epochs)) or 'none kept'}) but no checkpoint "
+        f"that loads, so training would start again at epoch 1 over them: move {output_dir} away to start "
+        "over, or train on from one of its epochs with --init_param"
+    )
