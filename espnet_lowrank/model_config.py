@@ -6,6 +6,8 @@ is the count of the model ESPnet itself builds from that file.
 
 import argparse
 import contextlib
+import difflib
+import inspect
 import sys
 import tempfile
 from pathlib import Path
@@ -14,11 +16,17 @@ from typing import Any, List, Mapping, Optional, Sequence, Union
 import yaml
 
 import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
+from espnet_lowrank.errors import one_line_errors
 
-# espnet 202511 prints a flash-attention notice on stdout while importing its
-# task; keep stdout clean for the tools' --json output.
-with contextlib.redirect_stdout(sys.stderr):
-    from espnet2.tasks.asr import ASRTask
+
+def asr_task():
+    """ESPnet's ASR task, imported on first use: the pure helpers below (read by
+    light processes such as stage 11's progress line) do not need it.
+    espnet 202511 prints a flash-attention notice on stdout while importing
+    it; stdout stays clean for the tools' --json output."""
+    with contextlib.redirect_stdout(sys.stderr):
+        from espnet2.tasks.asr import ASRTask
+    return ASRTask
 
 
 def read_token_list(path: Union[str, Path]) -> List[str]:
@@ -40,11 +48,18 @@ def config_args(
     ``vocab_size`` placeholder tokens, or from the config's own
     ``token_list`` (a file, or the list a saved config holds), in that order."""
     values = read_config(config)
-    parser = ASRTask.get_parser()
+    parser = asr_task().get_parser()
     known = {action.dest for action in parser._actions if action.option_strings}
-    # A saved config.yaml also records bookkeeping (e.g. ``required``) that
-    # the parser refuses; the parser itself must read the rest, since it
-    # converts values such as ``init: none``.
+    # A saved config.yaml also records bookkeeping the parser refuses as
+    # options (its defaults such as ``required``, and what ESPnet's main adds);
+    # anything else unknown is a typo that asr_train would refuse too.
+    for key in values:
+        if key not in known and key not in parser._defaults and key not in SAVED_BY_ESPNET:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ValueError(f"config {config}: unknown option {key!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "") + "; asr_train refuses it too")
+    check_part_options(config, values)
+    # The parser itself must read the rest, since it converts values such as ``init: none``.
     with tempfile.TemporaryDirectory() as tmp:
         options = Path(tmp) / "config.yaml"
         options.write_text(yaml.safe_dump({k: v for k, v in values.items() if k in known}))
@@ -64,6 +79,9 @@ def config_args(
         )
     return args
 
+
+#: Keys ESPnet's ``AbsTask.main`` adds to the ``config.yaml`` it saves, which are not options.
+SAVED_BY_ESPNET = frozenset({"version", "distributed"})
 
 #: Each low-rank class's dense parent, by ESPnet choice name.
 DENSE_TWINS = {"encoder": ("lowrank_conformer", "conformer"), "decoder": ("lowrank_transformer", "transformer")}
@@ -101,10 +119,59 @@ def dense_twin(values: Mapping[str, Any]) -> dict:
     return twin
 
 
+def check_part_options(config, values: Mapping[str, Any]) -> None:
+    """``encoder_conf``/``decoder_conf`` keys the chosen class does not take:
+    one line naming the key and the class's valid ``lowrank_*`` options (or the
+    closest option), instead of the constructor's bare ``TypeError``."""
+    from espnet2.tasks import asr
+
+    for part, choices in (("encoder", asr.encoder_choices), ("decoder", asr.decoder_choices)):
+        name, conf = values.get(part), values.get(f"{part}_conf")
+        if not isinstance(name, str) or not isinstance(conf, Mapping):
+            continue
+        try:
+            cls = choices.get_class(name)
+        except ValueError as error:
+            raise ValueError(f"config {config}: {part}: {error}") from None
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue  # the class takes any keyword
+        accepted = [p for p in parameters if p not in ("self", "input_size")]
+        for key in conf:
+            if key in accepted:
+                continue
+            ours = [p for p in accepted if p.startswith("lowrank_")]
+            if key.startswith("lowrank_") and ours:
+                hint = f"{name}'s low-rank options are {', '.join(ours)}"
+            elif key.startswith("lowrank_"):
+                hint = f"{name} is dense: use {DENSE_TWINS[part][0]} for low-rank options"
+            else:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"{name} takes {', '.join(accepted)}"
+            raise ValueError(f"config {config}: {part}_conf.{key} is not an option of {part} {name!r}; {hint}")
+
+
 def build_model(config, token_list=None, vocab_size=None, overrides={}):
     """The ``ESPnetASRModel`` that ``asr_train`` would build from ``config``."""
-    return ASRTask.build_model(config_args(config, token_list, vocab_size, overrides))
+    return asr_task().build_model(config_args(config, token_list, vocab_size, overrides))
 
 
 def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@one_line_errors
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Build the model of a training YAML once, before a long job starts: a bad
+    option, group or rank stops here in one line, and ranks above break-even
+    are warned about."""
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--token_list", type=Path, required=True)
+    args = parser.parse_args(argv)
+    model = build_model(args.config, token_list=read_token_list(args.token_list))
+    print(f"{args.config}: {count_parameters(model) / 1e6:.2f} M parameters", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ rank a block gets lives in :mod:`espnet_lowrank.rank_mapping`. This module only
 finds layers by name and replaces them.
 """
 
+import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -20,7 +21,7 @@ from espnet_lowrank.layers import (
     check_choice,
     spectral_factors,
 )
-from espnet_lowrank.rank_mapping import build_rank_mapping, ratio_to_rank
+from espnet_lowrank.rank_mapping import break_even_rank, build_rank_mapping, ratio_to_rank
 
 
 def _low_rank_class(module: nn.Module, name: str):
@@ -91,6 +92,7 @@ def factorize_blocks(
                 rank = ratio_to_rank(
                     ratios[index], matrix.shape[1], matrix.shape[0], mapping.multiple_of
                 )
+                warn_above_break_even(f"{key} (block {index} {path})", rank, matrix.shape[1], matrix.shape[0])
                 _set_submodule(block, path, cls.from_dense(dense, rank, init, dense_init))
                 ranks[f"{index}.{path}"] = rank
                 found += 1
@@ -100,6 +102,15 @@ def factorize_blocks(
                 f"({', '.join(groups[group])}) to factorise"
             )
     return ranks
+
+
+def warn_above_break_even(layer: str, rank: int, d_in: int, d_out: int) -> None:
+    """At or above the break-even rank, U·V costs at least what the dense
+    weight does: allowed (full-rank tests use it), but rarely meant."""
+    limit = break_even_rank(d_in, d_out)
+    if rank >= limit:
+        logging.warning(f"{layer}: rank {rank} is at or above the break-even rank {limit:.1f} of its "
+                        f"{d_out}x{d_in} weight, so U·V has as many parameters as dense or more")
 
 
 def _get_submodule_or_none(root: nn.Module, path: str) -> Optional[nn.Module]:
