@@ -7,8 +7,9 @@
 #
 # Stages: 1 data · 2 speed perturbation · 3 format/dump · 4 length filter · 5 token list
 #         10 collect stats · 11 train · 12 decode · 13 score · 14 pack
-# Each stage leaves a marker (.done) and is skipped when it finds one: delete the marker to redo it.
-# Training (11) always resumes from exp/.../checkpoint.pth when one exists.
+# Each stage leaves a marker (.done) recording its options and inputs, and is skipped when they are
+# unchanged. Changed data stages and decoding are redone; training made from other inputs stops, saying
+# what changed. Training (11) resumes from exp/.../checkpoint.pth; one run per exp/decode dir at a time.
 set -euo pipefail
 
 log() { echo "[$(date '+%F %T')] run.sh: $*" >&2; }
@@ -45,6 +46,7 @@ expdir=exp
 dumpdir=dump
 datadir=data
 python=                 # the Python with espnet_lowrank; default: .venv/bin/python beside run.sh, else python3
+verbose=false           # true: Python tracebacks for expected errors too
 
 options_block() { sed -n '/^# --- options/,/^# --- end of options/p' "$0" | grep -E '^[a-z_]+='; }
 option_names() { options_block | cut -d= -f1; }
@@ -68,24 +70,76 @@ if [ -z "${python}" ]; then
   if [ -x "${root}/.venv/bin/python" ]; then python="${root}/.venv/bin/python"; else python=python3; fi
 fi
 export PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}"
+
+# --- option checks: each failure is one line naming the option and the value ---------------------
+whole_number() {  # whole_number NAME MIN
+  [[ "${!1}" =~ ^[0-9]+$ ]] && [ "${!1}" -ge "$2" ] || die "--$1 must be a whole number >= $2, not '${!1}'"
+}
+one_of() {  # one_of NAME CHOICE...
+  local name=$1; shift
+  [[ " $* " == *" ${!name} "* ]] || die "--${name} '${!name}' is unknown; choose one of: $*"
+}
+for name in stage stop_stage ngpu lowrank_warmup_epochs seed; do whole_number "${name}" 0; done
+for name in nj inference_nj nbpe; do whole_number "${name}" 1; done
+for name in min_wav_duration max_wav_duration; do
+  [[ "${!name}" =~ ^[0-9]*\.?[0-9]+$ ]] || die "--${name} must be a number of seconds, not '${!name}'"
+done
+[ "${stage}" -le "${stop_stage}" ] || die "--stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run"
+one_of token_type char bpe
+one_of bpemode unigram bpe
+one_of corpus embedded librispeech none
+one_of embedded_size tiny demo
+one_of verbose true false
+[ "${verbose}" = false ] || export ESPNET_LOWRANK_VERBOSE=1
 [ -f "${asr_config}" ] || die "--asr_config ${asr_config} does not exist"
 [ -z "${inference_config}" ] || [ -f "${inference_config}" ] || die "--inference_config ${inference_config} does not exist"
 [ -n "${asr_tag}" ] || asr_tag=$(basename "${asr_config}" .yaml)
+"${python}" --version > /dev/null 2>&1 || die "--python ${python} does not run"
+if [ "${ngpu}" -gt 0 ] && [ "${stop_stage}" -ge 11 ] && [ "${stage}" -le 12 ]; then
+  gpus=$("${python}" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null) || gpus=0
+  [ "${ngpu}" -le "${gpus}" ] || die "--ngpu ${ngpu}: torch sees ${gpus} GPU(s) on this machine (--ngpu 0 trains on CPU)"
+fi
 
 train_sp=${train_set}; [ -z "${speed_perturb_factors}" ] || train_sp=${train_set}_sp
-if [ "${token_type}" = bpe ]; then token_dir=${datadir}/token_list/${bpemode}${nbpe}; else token_dir=${datadir}/token_list/char; fi
+# token lists and stats belong to the training set they are made from
+if [ "${token_type}" = bpe ]; then token_name=${bpemode}${nbpe}; else token_name=char; fi
+token_dir=${datadir}/token_list/${train_sp}/${token_name}
 token_list=${token_dir}/tokens.txt
 bpe_args=(); [ "${token_type}" != bpe ] || bpe_args=(--bpemodel "${token_dir}/bpe.model")
-stats_dir=${expdir}/asr_stats_${token_type}$([ "${token_type}" != bpe ] || echo "${nbpe}")
+stats_dir=${expdir}/asr_stats_${train_sp}_${token_name}
 asr_exp=${expdir}/asr_${asr_tag}
 decode_dir=${asr_exp}/decode_$(basename "${inference_config:-default}" .yaml)_${inference_asr_model%.pth}
 
 run_stage() { [ "$1" -ge "${stage}" ] && [ "$1" -le "${stop_stage}" ]; }
-done_before() {  # done_before MARKER: skip (true) when the stage already finished
-  if [ -f "$1" ]; then log "already done ($1); delete it to redo"; return 0; fi
-  return 1
-}
 py() { "${python}" -m "$@"; }
+# stage_needed STAGE redo|stop MARKER [--option NAME=VALUE | --input PATH]...: true when the stage must
+# run. Its marker records the options and inputs it was made from; changed ones are redone (redo) or
+# stop run.sh with one line saying what changed (stop, for training).
+stage_needed() {
+  local stage_name=$1 policy=$2 marker=$3 rc=0; shift 3
+  py espnet_lowrank.stages.marker check "${marker}" --stage "${stage_name}" --on_change "${policy}" \
+    --hint "${stop_hint:-}" "$@" || rc=$?
+  case ${rc} in 0) return 1 ;; 3) return 0 ;; *) exit 1 ;; esac
+}
+# stage_finished MARKER [--started] [--option ... | --input ...]: record what the stage was made from
+stage_finished() { py espnet_lowrank.stages.marker record "$@"; }
+# take_lock DIR: one run.sh at a time per experiment or decode dir; a dead run's lock is taken over
+locks=()
+trap 'rm -f "${locks[@]}"' EXIT
+take_lock() {
+  local lock=$1/.lock owner
+  mkdir -p "$1"
+  until ( set -o noclobber; echo "$$" > "${lock}" ) 2> /dev/null; do
+    owner=$(cat "${lock}" 2> /dev/null || true)
+    [ "${owner}" != "$$" ] || return 0
+    if [ -n "${owner}" ] && kill -0 "${owner}" 2> /dev/null; then
+      die "$1 is in use by another run.sh (PID ${owner}); wait for it to finish or stop it"
+    fi
+    log "taking over ${lock} from PID ${owner:-?}, which is gone"
+    rm -f "${lock}"
+  done
+  locks+=("${lock}")
+}
 need() {  # need STAGE PATH MADE_BY: stop early, naming what is missing and which stage makes it
   [ -e "$2" ] || die "stage $1 needs $2 (made by $3); run those stages first"
 }
@@ -93,56 +147,67 @@ need() {  # need STAGE PATH MADE_BY: stop early, naming what is missing and whic
 if run_stage 1; then
   log "stage 1: data (${corpus})"
   marker=${datadir}/.stage1.${corpus}.done
-  if ! done_before "${marker}"; then
+  data_options=(--option "corpus=${corpus}" --option "librispeech_root=${librispeech_root}"
+    --option "librispeech_parts=${librispeech_parts}" --option "embedded_size=${embedded_size}" --option "seed=${seed}")
+  if stage_needed 1 redo "${marker}" "${data_options[@]}"; then
     data_sh=local/data.sh; [ -x "${data_sh}" ] || data_sh=${root}/local/data.sh  # a recipe's own, else ours
     "${data_sh}" --corpus "${corpus}" --datadir "${datadir}" --download_dir "${download_dir}" \
       --librispeech_root "${librispeech_root}" --librispeech_parts "${librispeech_parts}" \
       --embedded_size "${embedded_size}" --seed "${seed}" --nj "${nj}" --python "${python}"
-    touch "${marker}"
+    stage_finished "${marker}" "${data_options[@]}"
   fi
 fi
 
 if run_stage 2 && [ -n "${speed_perturb_factors}" ]; then
   log "stage 2: speed perturbation ${speed_perturb_factors} of ${train_set}"
   marker=${datadir}/${train_sp}/.done
-  if ! done_before "${marker}"; then
+  inputs=(--option "speed_perturb_factors=${speed_perturb_factors}" --input "${datadir}/${train_set}")
+  if stage_needed 2 redo "${marker}" "${inputs[@]}"; then
     py espnet_lowrank.stages.speed_perturb --data_dir "${datadir}/${train_set}" \
       --out_dir "${datadir}/${train_sp}" --audio_dir "${dumpdir}/speed_perturb" --factors ${speed_perturb_factors}
-    touch "${marker}"
+    stage_finished "${marker}" "${inputs[@]}"
   fi
 fi
 
 if run_stage 3; then
   for set in "${train_sp}" "${valid_set}" ${test_sets}; do
     log "stage 3: format ${datadir}/${set} into ${dumpdir}/raw/org/${set}"
-    done_before "${dumpdir}/raw/org/${set}/.done" && continue
+    marker=${dumpdir}/raw/org/${set}/.done
+    stage_needed 3 redo "${marker}" --input "${datadir}/${set}" || continue
     py espnet_lowrank.stages.dump format --data_dir "${datadir}/${set}" --out_dir "${dumpdir}/raw/org/${set}"
-    touch "${dumpdir}/raw/org/${set}/.done"
+    stage_finished "${marker}" --input "${datadir}/${set}"
   done
 fi
 
 if run_stage 4; then
   for set in "${train_sp}" "${valid_set}"; do
     log "stage 4: filter ${set} to ${min_wav_duration}-${max_wav_duration} s"
-    done_before "${dumpdir}/raw/${set}/.done" && continue
+    marker=${dumpdir}/raw/${set}/.done
+    inputs=(--option "min_wav_duration=${min_wav_duration}" --option "max_wav_duration=${max_wav_duration}"
+      --input "${dumpdir}/raw/org/${set}")
+    stage_needed 4 redo "${marker}" "${inputs[@]}" || continue
     py espnet_lowrank.stages.dump filter --dump_dir "${dumpdir}/raw/org/${set}" --out_dir "${dumpdir}/raw/${set}" \
       --min_seconds "${min_wav_duration}" --max_seconds "${max_wav_duration}"
-    touch "${dumpdir}/raw/${set}/.done"
+    stage_finished "${marker}" "${inputs[@]}"
   done
   for set in ${test_sets}; do  # test sets are scored whole
-    [ -f "${dumpdir}/raw/${set}/.done" ] && continue
+    marker=${dumpdir}/raw/${set}/.done
+    stage_needed 4 redo "${marker}" --input "${dumpdir}/raw/org/${set}" || continue
     rm -rf "${dumpdir}/raw/${set}.tmp" && cp -r "${dumpdir}/raw/org/${set}" "${dumpdir}/raw/${set}.tmp"
     rm -rf "${dumpdir}/raw/${set}" && mv "${dumpdir}/raw/${set}.tmp" "${dumpdir}/raw/${set}"
+    stage_finished "${marker}" --input "${dumpdir}/raw/org/${set}"
   done
 fi
 
 if run_stage 5; then
-  log "stage 5: ${token_type} token list from ${train_set}"
-  if ! done_before "${token_dir}/.done"; then
-    need 5 "${dumpdir}/raw/${train_sp}/text" "stages 3-4"
+  log "stage 5: ${token_type} token list from ${train_sp} into ${token_dir}"
+  need 5 "${dumpdir}/raw/${train_sp}/text" "stages 3-4"
+  inputs=(--option "token_type=${token_type}" --input "${dumpdir}/raw/${train_sp}/text")
+  [ "${token_type}" != bpe ] || inputs+=(--option "nbpe=${nbpe}" --option "bpemode=${bpemode}")
+  if stage_needed 5 redo "${token_dir}/.done" "${inputs[@]}"; then
     py espnet_lowrank.stages.token_list --text "${dumpdir}/raw/${train_sp}/text" --out_dir "${token_dir}" \
       --token_type "${token_type}" --nbpe "${nbpe}" --bpemode "${bpemode}"
-    touch "${token_dir}/.done"
+    stage_finished "${token_dir}/.done" "${inputs[@]}"
   fi
 fi
 
@@ -153,12 +218,13 @@ asr_inputs() {  # the tokens and data that both ESPnet passes (stats, training) 
     --valid_data_path_and_name_and_type "${dumpdir}/raw/${valid_set}/wav.scp,speech,sound" \
     --valid_data_path_and_name_and_type "${dumpdir}/raw/${valid_set}/text,text,text"
 }
+data_inputs=(--input "${dumpdir}/raw/${train_sp}" --input "${dumpdir}/raw/${valid_set}" --input "${token_dir}")
 
 if run_stage 10; then
   log "stage 10: collect feature statistics into ${stats_dir}"
-  if ! done_before "${stats_dir}/.done"; then
-    need 10 "${dumpdir}/raw/${train_sp}" "stages 3-4"
-    need 10 "${token_list}" "stage 5"
+  need 10 "${dumpdir}/raw/${train_sp}" "stages 3-4"
+  need 10 "${token_list}" "stage 5"
+  if stage_needed 10 redo "${stats_dir}/.done" "${data_inputs[@]}"; then
     mkdir -p "${expdir}"
     py espnet_lowrank.bin.asr_train --collect_stats true --config "${asr_config}" --ngpu 0 \
       --num_workers "${nj}" $(asr_inputs) \
@@ -169,14 +235,17 @@ if run_stage 10; then
     for part in train valid; do
       awk -v N="${vocab}" '{ print $0 "," N }' "${stats_dir}/${part}/text_shape" > "${stats_dir}/${part}/text_shape.${token_type}"
     done
-    touch "${stats_dir}/.done"
+    stage_finished "${stats_dir}/.done" "${data_inputs[@]}"
   fi
 fi
 
 train() {  # train CONFIG OUTPUT_DIR [asr_train options]: one resumable ESPnet training run
-  local config=$1 out=$2; shift 2
-  mkdir -p "${out}"
+  local config=$1 out=$2 progress; shift 2
+  mkdir -p "${out}" && touch "${out}/train.log"
   distributed=false; [ "${ngpu}" -le 1 ] || distributed=true
+  # the console shows each epoch as it ends; everything else goes to train.log
+  py espnet_lowrank.stages.progress --log "${out}/train.log" --config "${config}" --asr_args "${asr_args} $*" &
+  progress=$!
   # --resume true: a killed run continues from ${out}/checkpoint.pth, finished epochs kept
   py espnet_lowrank.bin.asr_train --config "${config}" --output_dir "${out}" --resume true \
     --ngpu "${ngpu}" --multiprocessing_distributed "${distributed}" --num_workers "${nj}" $(asr_inputs) \
@@ -184,28 +253,41 @@ train() {  # train CONFIG OUTPUT_DIR [asr_train options]: one resumable ESPnet t
     --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
     --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
     --fold_length 80000 --fold_length 150 \
-    ${asr_args} "$@" >> "${out}/train.log" 2>&1 || die "stage 11 failed: see ${out}/train.log"
+    ${asr_args} "$@" >> "${out}/train.log" 2>&1 || {
+      kill "${progress}" 2> /dev/null || true
+      die "stage 11 failed: $(grep -E '^(ERROR|[A-Za-z.]*(Error|Exception))' "${out}/train.log" | tail -1) (see ${out}/train.log)"
+    }
+  sleep 1  # the last epoch's line reaches the console
+  kill "${progress}" 2> /dev/null || true
 }
 
 if run_stage 11; then
   log "stage 11: train ${asr_exp} (${asr_config}; log: ${asr_exp}/train.log)"
-  if ! done_before "${asr_exp}/.done"; then
-    need 11 "${dumpdir}/raw/${train_sp}" "stages 3-4"
-    need 11 "${stats_dir}/.done" "stage 10"
+  need 11 "${dumpdir}/raw/${train_sp}" "stages 3-4"
+  need 11 "${stats_dir}/.done" "stage 10"
+  take_lock "${asr_exp}"
+  # a bad option, group or rank stops here in one line, not in train.log
+  py espnet_lowrank.model_config "${asr_config}" --token_list "${token_list}" 2> >(grep -v "Flash Attention" >&2) || exit 1
+  train_inputs=(--option "asr_args=${asr_args}" --option "lowrank_warmup_epochs=${lowrank_warmup_epochs}"
+    --input "${asr_config}" --input "${stats_dir}/train" "${data_inputs[@]}")
+  stop_hint="Use another --asr_tag to train from them, or delete ${asr_exp} to train again."
+  if stage_needed 11 stop "${asr_exp}/.done" "${train_inputs[@]}"; then
+    stage_finished "${asr_exp}/.done" --started "${train_inputs[@]}"
     phase_args=()
     lowrank_epochs=0  # stays 0 without a warm-up, and for a dense config (nothing to factorise)
     if [ "${lowrank_warmup_epochs}" -gt 0 ]; then
       lowrank_epochs=$(py espnet_lowrank.stages.warmup epochs --config "${asr_config}" \
-        --warmup_epochs "${lowrank_warmup_epochs}" --asr_args "${asr_args}") || die "stage 11: see the error above"
+        --warmup_epochs "${lowrank_warmup_epochs}" --asr_args "${asr_args}") || exit 1
     fi
     if [ "${lowrank_epochs}" -gt 0 ]; then
       # Pufferfish: dense twin for E epochs -> truncated SVD of its trained weights -> low rank,
       # fresh optimiser and LR warm-up. Each phase resumes on its own; the conversion is atomic.
+      # (The whole exp dir's marker guards their inputs.)
       warmup_exp=${asr_exp}/dense_warmup
-      if ! done_before "${warmup_exp}/.done"; then
+      if [ ! -f "${warmup_exp}/.done" ]; then
         log "stage 11: dense warm-up, ${lowrank_warmup_epochs} epochs (log: ${warmup_exp}/train.log)"
         py espnet_lowrank.stages.warmup dense-config --config "${asr_config}" --out "${warmup_exp}/dense_config.yaml" \
-          || die "stage 11: see the error above"
+          || exit 1
         train "${warmup_exp}/dense_config.yaml" "${warmup_exp}" --max_epoch "${lowrank_warmup_epochs}"
         touch "${warmup_exp}/.done"
       fi
@@ -214,25 +296,29 @@ if run_stage 11; then
         py espnet_lowrank.cli convert --dense_config "${warmup_exp}/config.yaml" \
           --dense_model "${warmup_exp}/${lowrank_warmup_epochs}epoch.pth" --config "${asr_config}" \
           --out "${warmup_exp}/lowrank_init.pth" >> "${warmup_exp}/convert.log" 2>&1 \
-          || die "stage 11: factorising failed: see ${warmup_exp}/convert.log"
+          || die "stage 11: factorising failed: $(tail -1 "${warmup_exp}/convert.log") (see ${warmup_exp}/convert.log)"
       fi
       log "stage 11: low rank from the warm-up, ${lowrank_epochs} epochs"
       phase_args=(--init_param "${warmup_exp}/lowrank_init.pth" --max_epoch "${lowrank_epochs}")
     fi
     train "${asr_config}" "${asr_exp}" "${phase_args[@]}"
-    touch "${asr_exp}/.done"
+    stage_finished "${asr_exp}/.done" "${train_inputs[@]}"
   fi
 fi
 
 if run_stage 12; then
   for set in ${test_sets}; do
     log "stage 12: decode ${set} with ${inference_asr_model} (${inference_nj} jobs)"
-    done_before "${decode_dir}/${set}/.done" && continue
     need 12 "${dumpdir}/raw/${set}" "stages 3-4"
+    need 12 "${asr_exp}/${inference_asr_model}" "stage 11"
+    take_lock "${decode_dir}/${set}"
+    inputs=(--input "${asr_exp}/${inference_asr_model}" --input "${asr_exp}/config.yaml" --input "${dumpdir}/raw/${set}")
+    [ -z "${inference_config}" ] || inputs+=(--input "${inference_config}")
+    stage_needed 12 redo "${decode_dir}/${set}/.done" "${inputs[@]}" || continue
     py espnet_lowrank.stages.decode --data_dir "${dumpdir}/raw/${set}" --out_dir "${decode_dir}/${set}" \
       --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${asr_exp}/${inference_asr_model}" \
       ${inference_config:+--inference_config "${inference_config}"} --nj "${inference_nj}" --ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)"
-    touch "${decode_dir}/${set}/.done"
+    stage_finished "${decode_dir}/${set}/.done" "${inputs[@]}"
   done
 fi
 

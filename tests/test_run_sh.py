@@ -127,6 +127,42 @@ def test_bench_times_decoding_with_the_trained_model(pipeline, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_console_shows_each_epoch_and_a_decoding_progress_bar(pipeline):
+    assert re.search(r"stage 11: epoch 1/2  train loss [\d.e+]+  valid acc [\d.]+  cer_ctc [\d.]+  \d+ s  ETA",
+                     pipeline["log"])
+    assert "stage 11: epoch 2/2" in pipeline["log"] and "stage 11: training finished" in pipeline["log"]
+    assert re.search(r"decoding test: 100%\|.*\| (\d+)/\1 ", pipeline["log"])
+    assert "epoch results" in (pipeline["exp"] / "train.log").read_text()  # the full log is still there
+
+
+@pytest.mark.slow
+def test_training_from_other_inputs_stops_saying_what_changed(pipeline):
+    exp = pipeline["exp"]
+    before = (exp / "RESULTS.md").read_text()
+    result = run(pipeline["recipe"], *TINY, "--speed_perturb_factors", "0.9 1.0 1.1", "--nbpe", "30",
+                 "--stage", "5", check=False)
+    assert result.returncode != 0
+    assert ("stage 11: exp/asr_tiny_lowrank was made from other inputs: data/token_list/train_sp/unigram30 "
+            "is a new input; data/token_list/train_sp/unigram40 is no longer an input") in result.stderr
+    assert "Use another --asr_tag to train from them, or delete exp/asr_tiny_lowrank" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (exp / "RESULTS.md").read_text() == before
+    assert (pipeline["recipe"] / "data" / "token_list" / "train_sp" / "unigram30" / "tokens.txt").exists()
+
+
+@pytest.mark.slow
+def test_a_changed_length_filter_redoes_stage_4(pipeline):
+    recipe = pipeline["recipe"]
+    result = run(recipe, *TINY, "--speed_perturb_factors", "0.9 1.0 1.1", "--stage", "4", "--stop_stage", "4",
+                 "--max_wav_duration", "3")
+    assert "stage 4: redoing dump/raw/train_sp: --max_wav_duration was '20', now '3'" in result.stderr
+    dropped = (recipe / "dump" / "raw" / "train_sp" / "dropped").read_text().splitlines()
+    assert dropped and all("is outside 0.1-3.0 s" in line for line in dropped)
+    assert f"dropped {len(dropped)} (listed in dump/raw/train_sp/dropped)" in result.stdout
+    run(recipe, *TINY, "--speed_perturb_factors", "0.9 1.0 1.1", "--stage", "4", "--stop_stage", "4")  # as before
+
+
+@pytest.mark.slow
 def test_finished_stages_are_not_redone(pipeline):
     before = (pipeline["exp"] / "RESULTS.md").read_text()
     started = time.time()
@@ -147,6 +183,7 @@ def test_missing_audio_stops_stage_3_and_keeps_earlier_outputs(pipeline):
     result = run(recipe, *TINY, "--stage", "3", "--stop_stage", "3", "--test_sets", "broken", check=False)
     assert result.returncode != 0
     assert f"stage 3: data/broken/wav.scp: utterance {utt}: audio file {path}.gone does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
     assert (recipe / "data" / "broken" / "text").exists() and (recipe / "dump" / "raw" / "test" / "wav.scp").exists()
     assert not (recipe / "dump" / "raw" / "org" / "broken").exists()
 
@@ -256,5 +293,5 @@ def test_bring_your_own_data_dir_enters_at_stage_2(pipeline):
                  "--train_set", "my_train", "--valid_set", "my_dev", "--test_sets", "my_dev",
                  "--datadir", "data", "--dumpdir", "dump_mine", "--nbpe", "30")
     assert (recipe / "dump_mine" / "raw" / "my_train" / "utt2num_samples").exists()
-    assert (recipe / "data" / "token_list" / "unigram30" / "tokens.txt").exists()
+    assert (recipe / "data" / "token_list" / "my_train" / "unigram30" / "tokens.txt").exists()  # its own
     assert "stage 2" not in result.stderr  # no --speed_perturb_factors: nothing to do

@@ -7,10 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from tqdm import tqdm
+
 from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 
 
@@ -24,6 +28,25 @@ def split_keys(keys: Sequence[str], parts: int) -> List[List[str]]:
         pieces.append(list(keys[start:end]))
         start = end
     return pieces
+
+
+#: What ESPnet's beam search logs once per decoded utterance.
+PER_UTTERANCE = "best hypo:"
+
+
+def show_progress(jobs, logdir: Path, total: int, description: str, poll_seconds: float = 0.5) -> None:
+    """A progress bar over every job's utterances, counted in their logs, until all jobs end."""
+    with tqdm(total=total, desc=description, unit="utt") as bar:
+        while True:
+            running = any(process.poll() is None for process, _, _ in jobs)
+            done = sum(
+                (logdir / f"asr_inference.{index}.log").read_text(errors="replace").count(PER_UTTERANCE)
+                for _, _, index in jobs
+            )
+            bar.update(min(done, total) - bar.n)
+            if not running:
+                return
+            time.sleep(poll_seconds)
 
 
 def decode(
@@ -56,6 +79,7 @@ def decode(
             command += ["--config", str(inference_config)]
         log = (logdir / f"asr_inference.{index}.log").open("w")
         jobs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, index))
+    show_progress(jobs, logdir, len(keys), f"decoding {data_dir.name}")
     failed = []
     for process, log, index in jobs:
         if process.wait() != 0:
@@ -77,6 +101,7 @@ def decode(
     return out_dir / "text"
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", type=Path, required=True)

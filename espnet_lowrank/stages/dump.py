@@ -2,8 +2,10 @@
 trains from (wav.scp, text, utt2spk, spk2utt, utt2num_samples), then filter
 by length.
 
-Stage 3 opens every file, so a missing or unreadable one stops here, named,
-rather than hours into training.
+Stage 3 opens every file and checks what training assumes (a regular,
+readable, non-empty, mono file at the recipe's rate), so a bad one stops here,
+named with its utterance, rather than inside a DataLoader worker hours into
+training. Stage 4 lists what it drops, and why, in ``<out_dir>/dropped``.
 """
 
 import argparse
@@ -15,6 +17,7 @@ import soundfile
 from tqdm import tqdm
 
 from espnet_lowrank.data.kaldi_dir import Utterance, read_data_dir, read_table, replace_dir, write_data_dir
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 
 
@@ -26,24 +29,36 @@ def format_dir(data_dir: Path, out_dir: Path, sample_rate: int = 16000) -> int:
         raise StageError(f"stage 3: {error}") from error
     samples: Dict[str, int] = {}
     for utt in tqdm(utterances, desc=f"checking {data_dir.name}", unit="utt"):
-        path = Path(utt.audio)
-        if not path.is_file():
-            raise StageError(
-                f"stage 3: {data_dir}/wav.scp: utterance {utt.utt_id}: audio file {path} does not exist"
-            )
-        try:
-            info = soundfile.info(str(path))
-        except Exception as error:
-            raise StageError(
-                f"stage 3: {data_dir}/wav.scp: utterance {utt.utt_id}: cannot read {path}: {error}"
-            ) from error
-        if info.samplerate != sample_rate:
-            raise StageError(
-                f"stage 3: {data_dir}/wav.scp: utterance {utt.utt_id}: {path} is sampled at "
-                f"{info.samplerate} Hz, the recipe expects {sample_rate} Hz"
-            )
-        samples[utt.utt_id] = info.frames
+        samples[utt.utt_id] = audio_samples(Path(utt.audio), sample_rate,
+                                            where=f"stage 3: {data_dir}/wav.scp: utterance {utt.utt_id}")
     return _write_dump(out_dir, utterances, samples)
+
+
+def audio_samples(path: Path, sample_rate: int, where: str) -> int:
+    """The sample count of ``path`` once it passes every check, else a
+    :class:`StageError` that starts with ``where``."""
+    if path.is_dir():
+        raise StageError(f"{where}: {path} is a directory, not an audio file")
+    if not path.is_file():
+        raise StageError(f"{where}: audio file {path} does not exist")
+    try:
+        info = soundfile.info(str(path))
+        with soundfile.SoundFile(str(path)) as stream:
+            stream.read(frames=min(info.frames, 1024))  # the header can be fine and the data not
+    except Exception as error:
+        raise StageError(f"{where}: cannot read {path}: {error}") from error
+    if info.frames == 0:
+        raise StageError(f"{where}: {path} holds no audio (0 samples)")
+    if info.channels != 1:
+        raise StageError(
+            f"{where}: {path} has {info.channels} channels; the recipe trains on mono audio "
+            f"(down-mix it first, e.g. sox {path} -c 1 out.wav)"
+        )
+    if info.samplerate != sample_rate:
+        raise StageError(
+            f"{where}: {path} is sampled at {info.samplerate} Hz, the recipe expects {sample_rate} Hz"
+        )
+    return info.frames
 
 
 def filter_dir(
@@ -54,31 +69,40 @@ def filter_dir(
     1 to ``max_text_chars`` characters."""
     utterances = read_data_dir(dump_dir)
     samples = {k: int(v) for k, v in read_table(dump_dir / "utt2num_samples").items()}
-    kept = [
-        u for u in utterances
-        if min_seconds * sample_rate <= samples[u.utt_id] <= max_seconds * sample_rate
-        and 0 < len(u.text) <= max_text_chars
-    ]
+    kept, dropped = [], []
+    for utt in utterances:
+        seconds = samples[utt.utt_id] / sample_rate
+        if not min_seconds <= seconds <= max_seconds:
+            dropped.append(f"{utt.utt_id} {seconds:.2f} s is outside {min_seconds}-{max_seconds} s")
+        elif not utt.text.strip():
+            dropped.append(f"{utt.utt_id} empty transcript")
+        elif len(utt.text) > max_text_chars:
+            dropped.append(f"{utt.utt_id} transcript of {len(utt.text)} characters, over {max_text_chars}")
+        else:
+            kept.append(utt)
     if not kept:
         raise StageError(
             f"stage 4: no utterance of {dump_dir} is between {min_seconds} and {max_seconds} s "
-            f"with at most {max_text_chars} transcript characters; nothing to train on"
+            f"with a transcript of 1 to {max_text_chars} characters; nothing to train on"
         )
-    return _write_dump(out_dir, kept, samples)
+    return _write_dump(out_dir, kept, samples, dropped)
 
 
-def _write_dump(out_dir: Path, utterances, samples: Dict[str, int]) -> int:
-    """A Kaldi dir plus utt2num_samples, in place at once."""
+def _write_dump(out_dir: Path, utterances, samples: Dict[str, int], dropped: Optional[Sequence[str]] = None) -> int:
+    """A Kaldi dir plus utt2num_samples (and the ``dropped`` list), in place at once."""
     staging = out_dir.with_name(out_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     count = write_data_dir(staging, utterances)
     with (staging / "utt2num_samples").open("w") as stream:
         for utt in sorted(u.utt_id for u in utterances):
             stream.write(f"{utt} {samples[utt]}\n")
+    if dropped is not None:
+        (staging / "dropped").write_text("".join(f"{line}\n" for line in dropped))
     replace_dir(staging, out_dir)
     return count
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,7 +121,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"stage 3: {count} utterances checked into {args.out_dir}")
     else:
         count = filter_dir(args.dump_dir, args.out_dir, args.min_seconds, args.max_seconds, args.max_text_chars)
-        print(f"stage 4: kept {count} utterances in {args.out_dir}")
+        dropped = len((args.out_dir / "dropped").read_text().splitlines())
+        print(f"stage 4: kept {count} utterances in {args.out_dir}, dropped {dropped}"
+              + (f" (listed in {args.out_dir / 'dropped'})" if dropped else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How far one optimiser step moves W = U·V: ``espnet-lowrank step-check CONFIG``.
 
     espnet-lowrank step-check conf/train_asr_lrsms_demo.yaml \\
-        --data_dir dump/raw/train --token_list data/token_list/char/tokens.txt
+        --data_dir dump/raw/train --token_list data/token_list/train/char/tokens.txt
 
 Builds the low-rank model of CONFIG and its merged dense twin (every factor
 pair replaced by the dense layer U·V: the same function, so the same loss and
@@ -30,6 +30,7 @@ import soundfile
 import torch
 
 from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import build_model, config_args, read_token_list
 from espnet_lowrank.surgery import low_rank_layers, merge_low_rank
 
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1) if args.json else format_result(result))
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
