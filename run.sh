@@ -19,6 +19,13 @@ die() { log "ERROR: $*"; exit 1; }
 stage=1                 # first stage to run
 stop_stage=14           # last stage to run
 ngpu=0                  # GPUs for training (>1: ESPnet's DDP on this node); decoding uses 0 or 1
+num_procs=1             # >1: training processes per node (torchrun; one GPU each with --ngpu, else CPU/gloo)
+num_nodes=1             # nodes training together (see --print_launch_cmd)
+node_rank=0             # this node's rank, 0..num_nodes-1
+master_addr=localhost   # address of the node with --node_rank 0
+master_port=29500       # a free port there
+dist_backend=           # default: nccl with GPUs, gloo on CPU
+print_launch_cmd=false  # true: print stage 11's torchrun and Slurm commands for this run, then stop
 nj=2                    # parallel jobs for data preparation and stats
 inference_nj=2          # parallel decoding jobs per test set
 corpus=embedded         # stage 1: embedded | librispeech | none (bring your own data/<set> dirs)
@@ -79,8 +86,9 @@ one_of() {  # one_of NAME CHOICE...
   local name=$1; shift
   [[ " $* " == *" ${!name} "* ]] || die "--${name} '${!name}' is unknown; choose one of: $*"
 }
-for name in stage stop_stage ngpu lowrank_warmup_epochs seed; do whole_number "${name}" 0; done
-for name in nj inference_nj nbpe; do whole_number "${name}" 1; done
+for name in stage stop_stage ngpu lowrank_warmup_epochs seed node_rank; do whole_number "${name}" 0; done
+for name in nj inference_nj nbpe num_procs num_nodes master_port; do whole_number "${name}" 1; done
+[ "${node_rank}" -lt "${num_nodes}" ] || die "--node_rank ${node_rank} must be below --num_nodes ${num_nodes}"
 for name in min_wav_duration max_wav_duration; do
   [[ "${!name}" =~ ^[0-9]*\.?[0-9]+$ ]] || die "--${name} must be a number of seconds, not '${!name}'"
 done
@@ -90,14 +98,27 @@ one_of bpemode unigram bpe
 one_of corpus embedded librispeech none
 one_of embedded_size tiny demo
 one_of verbose true false
+one_of print_launch_cmd true false
+[ -n "${dist_backend}" ] || { dist_backend=gloo; [ "${ngpu}" -eq 0 ] || dist_backend=nccl; }
+one_of dist_backend gloo nccl
+world_size=$((num_procs * num_nodes))
+if [ "${num_procs}" -gt 1 ] && [ "${ngpu}" -gt 0 ] && [ "${ngpu}" -ne "${num_procs}" ]; then
+  die "--ngpu ${ngpu} with --num_procs ${num_procs}: each training process takes one GPU, so give --ngpu ${num_procs}"
+fi
+[ "${dist_backend}" = gloo ] || [ "${ngpu}" -gt 0 ] || die "--dist_backend nccl needs GPUs (--ngpu > 0); CPU processes use gloo"
 [ "${verbose}" = false ] || export ESPNET_LOWRANK_VERBOSE=1
 [ -f "${asr_config}" ] || die "--asr_config ${asr_config} does not exist"
 [ -z "${inference_config}" ] || [ -f "${inference_config}" ] || die "--inference_config ${inference_config} does not exist"
 [ -n "${asr_tag}" ] || asr_tag=$(basename "${asr_config}" .yaml)
+[[ "${asr_tag}" =~ ^[A-Za-z0-9._+-]+$ ]] || die "--asr_tag '${asr_tag}' may hold only letters, digits and . _ + - (it names exp/asr_<tag>)"
 "${python}" --version > /dev/null 2>&1 || die "--python ${python} does not run"
 if [ "${ngpu}" -gt 0 ] && [ "${stop_stage}" -ge 11 ] && [ "${stage}" -le 12 ]; then
   gpus=$("${python}" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null) || gpus=0
   [ "${ngpu}" -le "${gpus}" ] || die "--ngpu ${ngpu}: torch sees ${gpus} GPU(s) on this machine (--ngpu 0 trains on CPU)"
+fi
+if [ "${world_size}" -gt 1 ] && [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
+  "${python}" -m espnet_lowrank.stages.train_options check-distributed --config "${asr_config}" --asr_args="${asr_args}" \
+    --world_size "${world_size}" 2> >(grep -v "Flash Attention" >&2) || exit 1
 fi
 
 train_sp=${train_set}; [ -z "${speed_perturb_factors}" ] || train_sp=${train_set}_sp
@@ -143,6 +164,52 @@ take_lock() {
 need() {  # need STAGE PATH MADE_BY: stop early, naming what is missing and which stage makes it
   [ -e "$2" ] || die "stage $1 needs $2 (made by $3); run those stages first"
 }
+
+asr_inputs() {  # the tokens and data that both ESPnet passes (stats, training) read
+  echo --use_preprocessor true --token_type "${token_type}" --token_list "${token_list}" "${bpe_args[@]}" \
+    --train_data_path_and_name_and_type "${dumpdir}/raw/${train_sp}/wav.scp,speech,sound" \
+    --train_data_path_and_name_and_type "${dumpdir}/raw/${train_sp}/text,text,text" \
+    --valid_data_path_and_name_and_type "${dumpdir}/raw/${valid_set}/wav.scp,speech,sound" \
+    --valid_data_path_and_name_and_type "${dumpdir}/raw/${valid_set}/text,text,text"
+}
+data_inputs=(--input "${dumpdir}/raw/${train_sp}" --input "${dumpdir}/raw/${valid_set}" --input "${token_dir}")
+
+asr_train_args() {  # asr_train_args CONFIG OUTPUT_DIR [asr_train options]: stage 11's asr_train options
+  local config=$1 out=$2; shift 2
+  echo --config "${config}" --output_dir "${out}" --resume true --num_workers "${nj}" $(asr_inputs) \
+    --normalize global_mvn --normalize_conf "stats_file=${stats_dir}/train/feats_stats.npz" \
+    --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
+    --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
+    --fold_length 80000 --fold_length 150 ${asr_args} "$@"
+}
+
+# How stage 11 starts asr_train: as it is (ESPnet's own DDP for --ngpu > 1), or --num_procs processes per
+# node through torchrun, each with one GPU (NCCL) or on CPU (gloo).
+if [ "${world_size}" -gt 1 ]; then
+  launcher=("${python}" -m torch.distributed.run --nnodes "${num_nodes}" --node_rank "${node_rank}"
+    --nproc_per_node "${num_procs}" --master_addr "${master_addr}" --master_port "${master_port}"
+    -m espnet_lowrank.bin.asr_train)
+  process_args=(--ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" --dist_backend "${dist_backend}"
+    --multiprocessing_distributed false)
+else
+  launcher=("${python}" -m espnet_lowrank.bin.asr_train)
+  process_args=(--ngpu "${ngpu}" --multiprocessing_distributed "$([ "${ngpu}" -gt 1 ] && echo true || echo false)")
+fi
+
+if [ "${print_launch_cmd}" = true ]; then  # stage 11 of this run on several nodes, to copy
+  [ "${world_size}" -gt 1 ] || die "--print_launch_cmd needs --num_procs or --num_nodes above 1"
+  [ "${lowrank_warmup_epochs}" -eq 0 ] || die "--print_launch_cmd prints one training run, but --lowrank_warmup_epochs trains two phases: set it to 0"
+  node_words=$(printf ' %q' "${launcher[@]:0:3}" --nnodes "${num_nodes}")
+  rest_words=$(printf ' %q' --nproc_per_node "${num_procs}" --master_addr "${master_addr}" \
+    --master_port "${master_port}" "${launcher[@]:13}" $(asr_train_args "${asr_config}" "${asr_exp}") "${process_args[@]}")
+  recover=$(printf '%q ' "${python}" -m espnet_lowrank.checkpoints "${asr_exp}")
+  echo "# after stages 1-10, with this directory on storage every node sees; on node i of ${num_nodes}, NODE_RANK=i:"
+  echo "cd $(printf '%q' "${PWD}") && ${recover}&&${node_words} --node_rank \"\${NODE_RANK}\"${rest_words}"
+  echo "# or, from a Slurm allocation of ${num_nodes} node(s), one task per node (the first node is the master):"
+  slurm_words=${rest_words/--master_addr $(printf '%q' "${master_addr}")/--master_addr \"\$(scontrol show hostnames \"\$SLURM_JOB_NODELIST\" | head -n 1)\"}
+  echo "srun --nodes ${num_nodes} --ntasks-per-node 1 --chdir $(printf '%q' "${PWD}") bash -c '${recover//\'/\'\\\'\'}&&${node_words//\'/\'\\\'\'} --node_rank \"\$SLURM_NODEID\"${slurm_words//\'/\'\\\'\'}'"
+  exit 0
+fi
 
 if run_stage 1; then
   log "stage 1: data (${corpus})"
@@ -211,15 +278,6 @@ if run_stage 5; then
   fi
 fi
 
-asr_inputs() {  # the tokens and data that both ESPnet passes (stats, training) read
-  echo --use_preprocessor true --token_type "${token_type}" --token_list "${token_list}" "${bpe_args[@]}" \
-    --train_data_path_and_name_and_type "${dumpdir}/raw/${train_sp}/wav.scp,speech,sound" \
-    --train_data_path_and_name_and_type "${dumpdir}/raw/${train_sp}/text,text,text" \
-    --valid_data_path_and_name_and_type "${dumpdir}/raw/${valid_set}/wav.scp,speech,sound" \
-    --valid_data_path_and_name_and_type "${dumpdir}/raw/${valid_set}/text,text,text"
-}
-data_inputs=(--input "${dumpdir}/raw/${train_sp}" --input "${dumpdir}/raw/${valid_set}" --input "${token_dir}")
-
 if run_stage 10; then
   log "stage 10: collect feature statistics into ${stats_dir}"
   need 10 "${dumpdir}/raw/${train_sp}" "stages 3-4"
@@ -242,21 +300,21 @@ fi
 train() {  # train CONFIG OUTPUT_DIR [asr_train options]: one resumable ESPnet training run
   local config=$1 out=$2 progress; shift 2
   mkdir -p "${out}" && touch "${out}/train.log"
-  distributed=false; [ "${ngpu}" -le 1 ] || distributed=true
+  local extra=()
+  if [ "${world_size}" -gt 1 ]; then
+    py espnet_lowrank.checkpoints "${out}" 2>> "${out}/train.log" || exit 1  # once, not in every process
+    # a guide whose weight reached 0 takes no part in the loss, which DDP must be told
+    ! grep -q "lowrank_guide" "${config}" || extra=(--unused_parameters true)
+  fi
   # the console shows each epoch as it ends; everything else goes to train.log
-  py espnet_lowrank.stages.progress --log "${out}/train.log" --config "${config}" --asr_args "${asr_args} $*" &
+  "${python}" -m espnet_lowrank.stages.progress --log "${out}/train.log" --config "${config}" \
+    --asr_args="${asr_args} $*" --while_alive $$ &
   progress=$!
   # --resume true: a killed run continues from ${out}/checkpoint.pth, finished epochs kept
-  py espnet_lowrank.bin.asr_train --config "${config}" --output_dir "${out}" --resume true \
-    --ngpu "${ngpu}" --multiprocessing_distributed "${distributed}" --num_workers "${nj}" $(asr_inputs) \
-    --normalize global_mvn --normalize_conf "stats_file=${stats_dir}/train/feats_stats.npz" \
-    --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.${token_type}" \
-    --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.${token_type}" \
-    --fold_length 80000 --fold_length 150 \
-    ${asr_args} "$@" >> "${out}/train.log" 2>&1 || {
-      kill "${progress}" 2> /dev/null || true
-      die "stage 11 failed: $(grep -E '^(ERROR|[A-Za-z.]*(Error|Exception))' "${out}/train.log" | tail -1) (see ${out}/train.log)"
-    }
+  "${launcher[@]}" $(asr_train_args "${config}" "${out}" "$@") "${process_args[@]}" "${extra[@]}" >> "${out}/train.log" 2>&1 || {
+    kill "${progress}" 2> /dev/null || true
+    die "stage 11 failed: $(grep -E '^(ERROR|[A-Za-z.]*(Error|Exception))' "${out}/train.log" | tail -1) (see ${out}/train.log)"
+  }
   sleep 1  # the last epoch's line reaches the console
   kill "${progress}" 2> /dev/null || true
 }
@@ -266,18 +324,18 @@ if run_stage 11; then
   need 11 "${dumpdir}/raw/${train_sp}" "stages 3-4"
   need 11 "${stats_dir}/.done" "stage 10"
   take_lock "${asr_exp}"
-  # a bad option, group or rank stops here in one line, not in train.log
-  py espnet_lowrank.model_config "${asr_config}" --token_list "${token_list}" 2> >(grep -v "Flash Attention" >&2) || exit 1
   train_inputs=(--option "asr_args=${asr_args}" --option "lowrank_warmup_epochs=${lowrank_warmup_epochs}"
     --input "${asr_config}" --input "${stats_dir}/train" "${data_inputs[@]}")
   stop_hint="Use another --asr_tag to train from them, or delete ${asr_exp} to train again."
   if stage_needed 11 stop "${asr_exp}/.done" "${train_inputs[@]}"; then
+    # a bad option, group or rank stops here in one line, not in train.log
+    py espnet_lowrank.model_config "${asr_config}" --token_list "${token_list}" 2> >(grep -v "Flash Attention" >&2) || exit 1
     stage_finished "${asr_exp}/.done" --started "${train_inputs[@]}"
     phase_args=()
     lowrank_epochs=0  # stays 0 without a warm-up, and for a dense config (nothing to factorise)
     if [ "${lowrank_warmup_epochs}" -gt 0 ]; then
       lowrank_epochs=$(py espnet_lowrank.stages.warmup epochs --config "${asr_config}" \
-        --warmup_epochs "${lowrank_warmup_epochs}" --asr_args "${asr_args}") || exit 1
+        --warmup_epochs "${lowrank_warmup_epochs}" --asr_args="${asr_args}") || exit 1
     fi
     if [ "${lowrank_epochs}" -gt 0 ]; then
       # Pufferfish: dense twin for E epochs -> truncated SVD of its trained weights -> low rank,

@@ -11,19 +11,22 @@ overwrites the finished epochs). In our training entry point:
   kept as ``checkpoint.prev.pth`` (a hard link, so never a copy half-made).
 - :func:`recover_checkpoint`, before ESPnet resumes, falls back to
   ``checkpoint.prev.pth`` when ``checkpoint.pth`` does not load, saying so in
-  the log, and refuses to start from epoch 1 over finished epochs.
+  the log, and refuses to start from epoch 1 over finished epochs. A
+  multi-process training runs it once before launching
+  (``python -m espnet_lowrank.checkpoints EXP_DIR``), not in every rank.
 """
 
 import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from espnet_lowrank.errors import InputError
+from espnet_lowrank.errors import InputError, one_line_errors
 
 CHECKPOINT = "checkpoint.pth"
 PREVIOUS = "checkpoint.prev.pth"
@@ -98,3 +101,14 @@ def recover_checkpoint(output_dir: Path) -> None:
         f"that loads, so training would start again at epoch 1 over them: move {output_dir} away to start "
         "over, or train on from one of its epochs with --init_param"
     )
+
+
+@one_line_errors
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    (output_dir,) = sys.argv[1:] if argv is None else argv
+    recover_checkpoint(Path(output_dir))
+
+
+if __name__ == "__main__":
+    main()

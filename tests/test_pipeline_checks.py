@@ -132,7 +132,8 @@ def test_the_lock_of_a_run_that_died_is_taken_over_and_released(tmp_path):
     (exp / ".lock").write_text(f"{gone.pid}\n")
     result = run(recipe, "--stage", "11", "--stop_stage", "11", "--asr_tag", "x", check=False)
     assert f"taking over exp/asr_x/.lock from PID {gone.pid}, which is gone" in result.stderr
-    assert not (exp / ".lock").exists()  # released when run.sh ended (here: no token list yet)
+    assert not (exp / ".lock").exists()  # released when run.sh ended, here at the model check:
+    assert result.stderr.strip().endswith("ERROR: token list data/token_list/train/char/tokens.txt does not exist")
 
 
 # --- stage 3 and 4: audio and transcripts ----------------------------------------------------------
@@ -275,3 +276,15 @@ def test_epoch_lines_of_espnets_log_become_one_console_line_each(tmp_path):
     assert first.startswith("stage 11: epoch 3/10  train loss 39.2  valid acc 0.812  cer_ctc 0.234  ")
     assert "ETA" in first and "9epoch" not in out.getvalue()  # the older lines were not repeated
     assert last.startswith("stage 11: training finished")
+
+
+def test_the_epoch_follower_stops_when_run_sh_is_gone(tmp_path):
+    from espnet_lowrank.stages.progress import follow
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "train.log").write_text("")
+    follower = threading.Thread(target=follow, args=(tmp_path / "train.log", 10, 0.05, io.StringIO(), gone.pid))
+    follower.start()
+    follower.join(timeout=10)
+    assert not follower.is_alive()

@@ -254,6 +254,46 @@ def test_dense_warmup_then_low_rank_each_phase_resumes_after_kill_9(pipeline):
     assert training_history(exp)["epochs"] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
+def test_two_cpu_processes_train_and_resume_after_one_is_killed(pipeline):
+    """torchrun, gloo: both ranks log, a kill -9 of one rank stops the run, and a re-run resumes."""
+    recipe = pipeline["recipe"]
+    exp = recipe / "exp" / "asr_ddp"
+    options = [*TINY, "--asr_tag", "ddp", "--stage", "11", "--stop_stage", "11", "--num_procs", "2",
+               "--speed_perturb_factors", "0.9 1.0 1.1",
+               "--asr_args", "--max_epoch 2 --batch_size 4 --batch_type unsorted"]
+    process = subprocess.Popen([str(ROOT / "run.sh"), "--python", sys.executable, *options], cwd=recipe,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 300
+    while not (exp / "1epoch.pth").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    (launcher,) = subprocess.run(["pgrep", "-f", "--", f"torch.distributed.run .*{exp.name} "],
+                                 capture_output=True, text=True).stdout.split()
+    ranks = subprocess.run(["pgrep", "-P", launcher], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2, ranks
+    os.kill(int(ranks[1]), signal.SIGKILL)
+    assert process.wait(timeout=120) != 0 and "stage 11 failed" in process.stderr.read()
+    assert not (exp / ".done").exists()
+    first_epoch = (exp / "1epoch.pth").stat().st_mtime_ns
+    result = run(recipe, *options)
+    assert (exp / ".done").exists() and (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch
+    log = (exp / "train.log").read_text()
+    assert ":0/2]" in log and "stage 11: epoch 2/2" in result.stderr  # rank 0 of a world of 2 (the others log warnings only)
+
+
+@pytest.mark.slow
+def test_guided_training_on_two_cpu_processes(pipeline):
+    """The guides take no part in the loss once their weight is 0: DDP is told (--unused_parameters)."""
+    recipe = pipeline["recipe"]
+    exp = recipe / "exp" / "asr_ddp_guided"
+    run(recipe, *TINY, "--asr_tag", "ddp_guided", "--stage", "11", "--stop_stage", "11", "--num_procs", "2",
+        "--speed_perturb_factors", "0.9 1.0 1.1", "--asr_config", str(ROOT / "tests" / "conf" / "tiny_lowrank_guided.yaml"),
+        "--asr_args", "--max_epoch 2 --batch_size 4 --batch_type unsorted")
+    assert (exp / "2epoch.pth").exists() and "--unused_parameters true" in (exp / "train.log").read_text()
+
+
 def test_warmup_needs_fewer_epochs_than_max_epoch(tmp_path):
     from espnet_lowrank.stages.warmup import lowrank_epochs
 

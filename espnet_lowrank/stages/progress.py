@@ -6,10 +6,12 @@ that ESPnet's trainer writes (which keeps everything else).
 Started beside the training process, it follows the log from its current end
 (a resumed run appends), prints e.g.
 ``stage 11: epoch 3/10  train loss 45.2  valid acc 0.812  cer_ctc 0.104  71 s  ETA 8.3 min``
-and ends when the log says training finished, or when run.sh stops it.
+and ends when the log says training finished, when run.sh stops it, or
+when the process it watches (``--while_alive``, run.sh) is gone.
 """
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from espnet_lowrank.errors import one_line_errors
-from espnet_lowrank.stages.warmup import max_epoch
+from espnet_lowrank.stages.train_options import max_epoch
 
 RESULTS = re.compile(r"(\d+)epoch results: (.*)")
 SECTION = re.compile(r"\[(\w+)\] ([^\[]*)")
@@ -50,7 +52,7 @@ def epoch_line(results: Dict[str, Dict[str, str]], total: int, seconds: float, e
     return "  ".join(words)
 
 
-def follow(log: Path, total: int, poll_seconds: float = 1.0, out=sys.stderr) -> None:
+def follow(log: Path, total: int, poll_seconds: float = 1.0, out=sys.stderr, while_alive: int = 0) -> None:
     """Print each epoch's line as it appears in ``log``; the ETA is the mean
     epoch time of this run times the epochs left."""
     offset = log.stat().st_size if log.exists() else 0
@@ -76,7 +78,19 @@ def follow(log: Path, total: int, poll_seconds: float = 1.0, out=sys.stderr) -> 
                 print(f"stage 11: training finished ({(time.monotonic() - started) / 60:.1f} min)",
                       file=out, flush=True)
                 return
+        if while_alive and not alive(while_alive):
+            return
         time.sleep(poll_seconds)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 @one_line_errors
@@ -85,8 +99,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--asr_args", default="", help="asr_train options of the run (their last --max_epoch counts)")
+    parser.add_argument("--while_alive", type=int, default=0, help="stop when this process (run.sh) is gone")
     args = parser.parse_args(argv)
-    follow(args.log, max_epoch(args.config, args.asr_args))
+    follow(args.log, max_epoch(args.config, args.asr_args), while_alive=args.while_alive)
 
 
 if __name__ == "__main__":

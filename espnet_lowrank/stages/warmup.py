@@ -14,7 +14,6 @@ still train its dense baseline).
 """
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,6 +23,7 @@ import yaml
 from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import DENSE_TWINS, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.stages import StageError
+from espnet_lowrank.stages.train_options import max_epoch
 
 
 def write_dense_config(config: Path, out: Path) -> None:
@@ -40,27 +40,6 @@ def write_dense_config(config: Path, out: Path) -> None:
         + yaml.safe_dump(dense_twin(values), sort_keys=False)
     )
     partial.replace(out)
-
-
-def max_epoch(config: Path, asr_args: str) -> int:
-    """The total epochs a run.sh training of ``config`` with ``asr_args`` runs."""
-    words = shlex.split(asr_args)
-    value = None
-    for index, word in enumerate(words):
-        if word == "--max_epoch" and index + 1 < len(words):
-            value = words[index + 1]
-        elif word.startswith("--max_epoch="):
-            value = word.split("=", 1)[1]
-    if value is None:
-        value = read_config(config).get("max_epoch")
-    if value is None:
-        from espnet2.tasks.asr import ASRTask
-
-        value = ASRTask.get_parser().get_default("max_epoch")
-    try:
-        return int(value)
-    except ValueError:
-        raise StageError(f"stage 11: max_epoch={value!r} is not a whole number of epochs") from None
 
 
 def lowrank_epochs(config: Path, warmup_epochs: int, asr_args: str) -> int:

@@ -1,0 +1,152 @@
+"""The GPU check: what a lent CUDA machine should measure, in one run,
+written as one Markdown report (``local/gpu_check.sh`` runs it).
+
+    python -m espnet_lowrank.tools.gpu_check --out gpu_check.md [--quick]
+
+1. Layers, encoder and decoder on the device: full-rank factors reproduce the
+   dense layer in fp32; the LR-SMS encoder and decoder under bf16 autocast stay
+   within tolerance of fp32; a training step runs forward and backward.
+2. ``espnet-lowrank bench`` of dense vs LR-SMS vs LR-SMS with low-rank
+   subsampling at the LibriSpeech-100 shape, fp32 and bf16, with ranks rounded
+   to multiples of 8 and of 64 (GPU kernels like multiples of 64).
+3. One epoch of the tiny embedded corpus through run.sh with ``--ngpu 1`` and
+   ``use_amp: true``.
+
+Without CUDA, part 1 runs on the CPU and parts 2-3 are reported as not run:
+the report says CUDA is absent rather than faking a number.
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+import yaml
+
+from espnet_lowrank.errors import one_line_errors
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = [ROOT / "conf" / "tuning" / f"{name}.yaml"
+           for name in ("train_asr_conformer", "train_asr_lrsms", "train_asr_lrsms_subsampling")]
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    from espnet_lowrank import machine
+
+    return f"{machine.describe()} (CUDA absent), torch {torch.__version__}"
+
+
+def layer_checks(device: str) -> List[str]:
+    """Markdown rows: check, measured value, tolerance, pass."""
+    from espnet_lowrank.layers import LowRankLinear
+    from espnet_lowrank.model_config import build_model
+
+    rows = []
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(256, 1024).to(device)
+    full = LowRankLinear.from_dense(dense, 256, "svd", "pytorch").to(device)
+    x = torch.randn(64, 256, device=device)
+    error = (full(x) - dense(x)).abs().max().item()
+    rows.append(_row("full-rank factors = dense layer, fp32 (max abs diff)", error, 1e-4))
+    model = build_model(CONFIGS[1], vocab_size=5000).to(device).eval()
+    speech = torch.randn(2, 16000 * 4, device=device)
+    lengths = torch.full((2,), speech.shape[1], device=device)
+    with torch.no_grad():
+        exact, _ = model.encode(speech, lengths)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            low, _ = model.encode(speech, lengths)
+    relative = ((low.float() - exact).norm() / exact.norm()).item()
+    rows.append(_row("LR-SMS encoder, bf16 autocast vs fp32 (relative error)", relative, 5e-2))
+    model.train()
+    text = torch.randint(1, 4999, (2, 20), device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        loss = model(speech, lengths, text, torch.full((2,), 20, device=device))[0]
+    loss.backward()
+    finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    rows.append(f"| LR-SMS encoder + decoder training step, bf16 (finite loss and gradients) | "
+                f"{loss.item():.1f} | finite | {'pass' if finite and torch.isfinite(loss) else 'FAIL'} |")
+    return rows
+
+
+def _row(check: str, value: float, tolerance: float) -> str:
+    return f"| {check} | {value:.2e} | ≤ {tolerance:.0e} | {'pass' if value <= tolerance else 'FAIL'} |"
+
+
+def rounded_config(config: Path, multiple_of: int, out_dir: Path) -> Path:
+    """``config`` with every low-rank group's ranks rounded to ``multiple_of``."""
+    values = yaml.safe_load(config.read_text())
+    for part in ("encoder_conf", "decoder_conf"):
+        for key, value in (values.get(part) or {}).items():
+            if key.startswith("lowrank_") and isinstance(value, dict) and "mapping" in value:
+                value["multiple_of"] = multiple_of
+    out = out_dir / f"{config.stem}_x{multiple_of}.yaml"
+    out.write_text(yaml.safe_dump(values))
+    return out
+
+
+def bench_sections(quick: bool) -> List[str]:
+    from espnet_lowrank.tools.bench import bench, format_results
+
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for multiple_of in (8, 64):
+            configs = [str(CONFIGS[0])] + [str(rounded_config(c, multiple_of, Path(tmp))) for c in CONFIGS[1:]]
+            for amp in ("none", "bf16"):
+                result = bench(configs, vocab=5000, batch=8 if not quick else 2, seconds=10.0,
+                               repeats=5 if not quick else 1, warmup=1, device="cuda", amp=amp)
+                lines += [f"### bench: ranks rounded to {multiple_of}, amp {amp}", "", "```",
+                          format_results(result), "```", ""]
+    return lines
+
+
+def tiny_epoch_on_gpu() -> str:
+    """One epoch of the tiny corpus through run.sh, --ngpu 1, use_amp true."""
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = Path(tmp)
+        for name in ("conf", "local"):
+            (recipe / name).symlink_to(ROOT / name)
+        started = time.time()
+        result = subprocess.run(
+            [str(ROOT / "run.sh"), "--python", sys.executable, "--embedded_size", "tiny", "--ngpu", "1",
+             "--asr_config", str(ROOT / "tests" / "conf" / "tiny_lowrank.yaml"), "--stop_stage", "11",
+             "--asr_args", "--max_epoch 1 --use_amp true --batch_size 8 --batch_type unsorted"],
+            cwd=recipe, capture_output=True, text=True,
+        )
+        took = time.time() - started
+        last = (result.stderr.strip().splitlines() or [""])[-1]
+    return f"| run.sh stages 1-11, tiny corpus, --ngpu 1, use_amp | exit {result.returncode} | {took:.0f} s | {last} |"
+
+
+def report(quick: bool = False) -> str:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lines = [f"# GPU check: {device_name(device)}", "",
+             f"## Layers, encoder and decoder on {device}", "",
+             "| check | measured | tolerance | result |", "|---|---:|---:|---|", *layer_checks(device), ""]
+    if device != "cuda":
+        return "\n".join(lines + ["CUDA is absent on this machine: the bench of dense vs LR-SMS on the GPU "
+                                  "and the --ngpu 1 training epoch were not run.", ""])
+    lines += ["## Training and encoder speed at the LibriSpeech-100 shape", "", *bench_sections(quick)]
+    lines += ["## One epoch with --ngpu 1 and use_amp", "", "| run | result | time | last line |",
+              "|---|---|---:|---|", tiny_epoch_on_gpu(), ""]
+    return "\n".join(lines)
+
+
+@one_line_errors
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.md"))
+    parser.add_argument("--quick", action="store_true", help="one bench repeat at batch 2 (a smoke run)")
+    args = parser.parse_args(argv)
+    text = report(args.quick)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

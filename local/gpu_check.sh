@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The GPU check (docs/benchmarks.md, "GPU"): on a CUDA machine, in about 8 minutes, layer/encoder/decoder
+# checks on CUDA (fp32 equivalence, bf16 within tolerance), `bench` of dense vs LR-SMS (and with low-rank
+# subsampling) at the LibriSpeech-100 shape in fp32 and bf16 with ranks rounded to 8 and 64, and one
+# epoch of the tiny corpus with --ngpu 1 and use_amp; one Markdown report naming the device.
+# Without CUDA it runs the checks on the CPU and says that CUDA is absent.
+#
+#   local/gpu_check.sh [REPORT.md]          (default: gpu_check.md)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-${root}/.venv/bin/python}
+[ -x "${python}" ] || python=python3
+cd "${root}" && exec "${python}" -m espnet_lowrank.tools.gpu_check --out "${1:-gpu_check.md}"
