@@ -281,6 +281,7 @@ def test_two_cpu_processes_train_and_resume_after_one_is_killed(pipeline):
     assert (exp / ".done").exists() and (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch
     log = (exp / "train.log").read_text()
     assert ":0/2]" in log and "stage 11: epoch 2/2" in result.stderr  # rank 0 of a world of 2 (the others log warnings only)
+    assert "all 2 ranks hold identical weights" in log
 
 
 @pytest.mark.slow

@@ -1,11 +1,15 @@
 """``python -m espnet_lowrank.bin.asr_train``: ESPnet's ``asr_train`` with the
-low-rank classes registered and crash-safe checkpoints
-(:mod:`espnet_lowrank.checkpoints`); every option is ESPnet's own."""
+low-rank classes registered, crash-safe checkpoints
+(:mod:`espnet_lowrank.checkpoints`) and, under torchrun, a check that every
+rank ends with the same weights; every option is ESPnet's own."""
 
+import hashlib
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
 from espnet2.bin.asr_train import main
@@ -27,6 +31,37 @@ def prepare_resume(argv: Sequence[str]) -> None:
         recover_checkpoint(Path(output_dir))
 
 
+class _RecordedDDP(torch.nn.parallel.DistributedDataParallel):
+    """ESPnet's trainer wraps the model in DDP; remember it for :func:`check_ranks_agree`."""
+
+    wrapped = []
+
+    def __init__(self, module, *args, **kwargs):
+        super().__init__(module, *args, **kwargs)
+        _RecordedDDP.wrapped.append(module)
+
+
+def check_ranks_agree() -> None:
+    """After a multi-process training every rank must hold the same weights:
+    each rank hashes its parameters, rank 0 compares the hashes and logs the
+    result (a mismatch fails the run)."""
+    if not (_RecordedDDP.wrapped and torch.distributed.is_initialized()):
+        return
+    digest = hashlib.sha1()
+    for name, tensor in sorted(_RecordedDDP.wrapped[-1].state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    digests = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(digests, digest.hexdigest())
+    if torch.distributed.get_rank() == 0:
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the training ranks hold different weights after training: {digests}")
+        print(f"espnet-lowrank: all {len(digests)} ranks hold identical weights (sha1 {digests[0]})",
+              file=sys.stderr)
+
+
 if __name__ == "__main__":
     prepare_resume(sys.argv[1:])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.nn.parallel.DistributedDataParallel = _RecordedDDP
     main()
+    check_ranks_agree()
