@@ -7,7 +7,8 @@ from typeguard import typechecked
 
 from espnet_lowrank._passthrough import parent_kwargs
 from espnet_lowrank.guide import GuidedTraining
-from espnet_lowrank.surgery import CheckedStateDictLoading, apply_frobenius_decay, apply_lr_scale, factorize_blocks
+from espnet_lowrank.strict_loading import CheckedStateDictLoading
+from espnet_lowrank.surgery import apply_frobenius_decay, apply_lr_scale, factorize_blocks
 
 #: Layer groups of one Conformer block, by sub-layer path.
 ENCODER_GROUPS = {

@@ -16,7 +16,8 @@ ASR_TASK = "espnet2.tasks.asr"
 
 def register() -> None:
     """Add ``lowrank_conformer`` and ``lowrank_transformer`` to ESPnet's ASR
-    task (idempotent). ESPnet skips its own type check when classes are
+    task, and make the models it builds refuse checkpoints that do not fit
+    them (idempotent). ESPnet skips its own type check when classes are
     added this way, so it is done here."""
     from espnet2.asr.decoder.abs_decoder import AbsDecoder
     from espnet2.asr.encoder.abs_encoder import AbsEncoder
@@ -32,6 +33,22 @@ def register() -> None:
         assert name == name.lower(), "ESPnet lower-cases choice names"
         assert issubclass(cls, base), f"{cls.__name__} must derive from {base.__name__}"
         choices.classes[name] = cls
+    if not getattr(asr.ASRTask.build_model, "checks_checkpoints", False):
+        asr.ASRTask.build_model = _checking_checkpoints(asr.ASRTask.build_model.__func__)
+
+
+def _checking_checkpoints(build_model):
+    """``ASRTask.build_model`` whose models refuse mismatched checkpoints (see
+    :mod:`espnet_lowrank.strict_loading`), except adapter fine-tunings: ESPnet
+    may save their adapters alone and load them over the base model."""
+    from espnet_lowrank.strict_loading import refuse_mismatched_checkpoints
+
+    def build_checked_model(cls, args):
+        model = build_model(cls, args)
+        return model if getattr(args, "use_adapter", False) else refuse_mismatched_checkpoints(model)
+
+    build_checked_model.checks_checkpoints = True
+    return classmethod(build_checked_model)
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):

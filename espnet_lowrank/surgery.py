@@ -1,5 +1,5 @@
 """Model surgery: swap chosen dense sub-layers of a stack of blocks for
-low-rank ones, and make state-dict loading refuse checkpoints that do not fit.
+low-rank ones.
 
 The maths of a factorised layer lives in :mod:`espnet_lowrank.layers`; which
 rank a block gets lives in :mod:`espnet_lowrank.rank_mapping`. This module only
@@ -220,32 +220,3 @@ def merge_low_rank(model: nn.Module) -> nn.Module:
     for name, layer in low_rank_layers(model):
         _set_submodule(model, name, layer.to_dense())
     return model
-
-
-class CheckedStateDictLoading:
-    """Mixin for a module whose checkpoint must match its structure exactly.
-
-    ESPnet loads models with ``strict=False`` and ignores the result, so a
-    dense checkpoint loaded into a low-rank config (or other ranks' factors)
-    would leave freshly initialised weights in place without a word. torch
-    raises every message collected in ``error_msgs`` whatever ``strict`` says,
-    so this records the mismatch there.
-    """
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        expected = {prefix + name for name in self.state_dict(keep_vars=True)}
-        given = {name for name in state_dict if name.startswith(prefix)}
-        missing = sorted(expected - given)
-        unexpected = sorted(given - expected)
-        if missing or unexpected:
-            error_msgs.append(
-                f"the checkpoint does not fit this {type(self).__name__} at "
-                f"'{prefix}' (a dense checkpoint, or other ranks or groups?): "
-                f"missing keys [{', '.join(missing)}]; unexpected keys [{', '.join(unexpected)}]"
-            )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-

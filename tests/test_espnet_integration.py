@@ -83,7 +83,7 @@ def test_matching_checkpoint_loads_every_weight():
 @pytest.mark.parametrize(
     "checkpoint_config,missing,unexpected",
     [
-        ("tiny_dense.yaml", "encoder.encoders.0.self_attn.linear_q.U", "encoder.encoders.0.self_attn.linear_q.weight"),
+        ("tiny_dense.yaml", "encoder.encoders.0.conv_module.pointwise_conv1.U", "encoder.encoders.0.conv_module.pointwise_conv1.weight"),
         ("tiny_lowrank_other_ranks.yaml", None, None),
     ],
 )
