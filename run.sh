@@ -28,6 +28,7 @@ dist_backend=           # default: nccl with GPUs, gloo on CPU
 print_launch_cmd=false  # true: print stage 11's torchrun and Slurm commands for this run, then stop
 nj=2                    # parallel jobs for data preparation and stats
 inference_nj=2          # parallel decoding jobs per test set
+job_threads=0           # threads per parallel torch process (decode jobs, training processes); 0: divide OMP_NUM_THREADS or the cores
 corpus=embedded         # stage 1: embedded | librispeech | none (bring your own data/<set> dirs)
 librispeech_root=       # an existing LibriSpeech/ directory: no download
 librispeech_parts="dev-clean test-clean dev-other test-other train-clean-100"
@@ -86,7 +87,7 @@ one_of() {  # one_of NAME CHOICE...
   local name=$1; shift
   [[ " $* " == *" ${!name} "* ]] || die "--${name} '${!name}' is unknown; choose one of: $*"
 }
-for name in stage stop_stage ngpu lowrank_warmup_epochs seed node_rank; do whole_number "${name}" 0; done
+for name in stage stop_stage ngpu lowrank_warmup_epochs seed node_rank job_threads; do whole_number "${name}" 0; done
 for name in nj inference_nj nbpe num_procs num_nodes master_port; do whole_number "${name}" 1; done
 [ "${node_rank}" -lt "${num_nodes}" ] || die "--node_rank ${node_rank} must be below --num_nodes ${num_nodes}"
 for name in min_wav_duration max_wav_duration; do
@@ -195,6 +196,8 @@ else
   launcher=("${python}" -m espnet_lowrank.bin.asr_train)
   process_args=(--ngpu "${ngpu}" --multiprocessing_distributed "$([ "${ngpu}" -gt 1 ] && echo true || echo false)")
 fi
+# the training processes on this node (ESPnet starts one per GPU itself for --ngpu > 1) share its threads
+train_procs=${num_procs}; [ "${world_size}" -gt 1 ] || [ "${ngpu}" -le 1 ] || train_procs=${ngpu}
 
 if [ "${print_launch_cmd}" = true ]; then  # stage 11 of this run on several nodes, to copy
   [ "${world_size}" -gt 1 ] || die "--print_launch_cmd needs --num_procs or --num_nodes above 1"
@@ -310,8 +313,13 @@ train() {  # train CONFIG OUTPUT_DIR [asr_train options]: one resumable ESPnet t
   "${python}" -m espnet_lowrank.stages.progress --log "${out}/train.log" --config "${config}" \
     --asr_args="${asr_args} $*" --while_alive $$ &
   progress=$!
+  local threads=()
+  if [ "${train_procs}" -gt 1 ]; then
+    threads=(env "OMP_NUM_THREADS=$(py espnet_lowrank.threads --jobs "${train_procs}" --job_threads "${job_threads}")") || exit 1
+    log "stage 11: ${train_procs} training processes, ${threads[1]#*=} thread(s) each"
+  fi
   # --resume true: a killed run continues from ${out}/checkpoint.pth, finished epochs kept
-  "${launcher[@]}" $(asr_train_args "${config}" "${out}" "$@") "${process_args[@]}" "${extra[@]}" >> "${out}/train.log" 2>&1 || {
+  "${threads[@]}" "${launcher[@]}" $(asr_train_args "${config}" "${out}" "$@") "${process_args[@]}" "${extra[@]}" >> "${out}/train.log" 2>&1 || {
     kill "${progress}" 2> /dev/null || true
     die "stage 11 failed: $(grep -E '^(ERROR|[A-Za-z.]*(Error|Exception))' "${out}/train.log" | tail -1) (see ${out}/train.log)"
   }
@@ -375,7 +383,8 @@ if run_stage 12; then
     stage_needed 12 redo "${decode_dir}/${set}/.done" "${inputs[@]}" || continue
     py espnet_lowrank.stages.decode --data_dir "${dumpdir}/raw/${set}" --out_dir "${decode_dir}/${set}" \
       --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${asr_exp}/${inference_asr_model}" \
-      ${inference_config:+--inference_config "${inference_config}"} --nj "${inference_nj}" --ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)"
+      ${inference_config:+--inference_config "${inference_config}"} --nj "${inference_nj}" \
+      --job_threads "${job_threads}" --ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)"
     stage_finished "${decode_dir}/${set}/.done" "${inputs[@]}"
   done
 fi

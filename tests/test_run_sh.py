@@ -56,6 +56,11 @@ def test_unknown_option_is_named(tmp_path):
     assert result.returncode != 0 and "unknown option --stopstage" in result.stderr
 
 
+def test_a_bad_job_threads_is_named(tmp_path):
+    result = run(recipe_dir(tmp_path), "--job_threads", "two", check=False)
+    assert result.returncode != 0 and "--job_threads must be a whole number >= 0, not 'two'" in result.stderr
+
+
 def test_a_stage_without_its_inputs_says_which_stage_to_run(tmp_path):
     result = run(recipe_dir(tmp_path), "--stage", "11", "--stop_stage", "11", check=False)
     assert result.returncode != 0
@@ -280,6 +285,7 @@ def test_two_cpu_processes_train_and_resume_after_one_is_killed(pipeline):
     result = run(recipe, *options)
     assert (exp / ".done").exists() and (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch
     log = (exp / "train.log").read_text()
+    assert "stage 11: 2 training processes, 1 thread(s) each" in result.stderr  # OMP_NUM_THREADS=1 divided
     assert ":0/2]" in log and "stage 11: epoch 2/2" in result.stderr  # rank 0 of a world of 2 (the others log warnings only)
     assert "all 2 ranks hold identical weights" in log
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import soundfile
 import torch
+import yaml
 from espnet2.bin.asr_inference import Speech2Text
 
 from espnet_lowrank.model_config import build_model
+from espnet_lowrank.stages.decode import decode
 from espnet_lowrank.surgery import low_rank_layers
 from tiny_data import train_command, write_tiny_data
 
@@ -78,8 +80,45 @@ def test_speech2text_refuses_a_checkpoint_that_does_not_fit(trained, tmp_path):
     dense = build_model(CONF / "tiny_dense.yaml", token_list=trained["data"]["tokens"].read_text().split())
     checkpoint = tmp_path / "dense.pth"
     torch.save(dense.state_dict(), checkpoint)
-    with pytest.raises(RuntimeError, match=r"missing keys \[.*encoder.encoders.0.self_attn.linear_q.U"):
+    with pytest.raises(RuntimeError, match=r"missing keys \[.*encoder.encoders.0.feed_forward.w_1.U"):
         Speech2Text(asr_train_config=str(trained["config"]), asr_model_file=str(checkpoint), device="cpu")
+
+
+def _dense_config(trained, tmp_path) -> Path:
+    """The trained model's config.yaml with the dense twin's encoder and decoder."""
+    config = yaml.safe_load(trained["config"].read_text())
+    dense = yaml.safe_load((CONF / "tiny_dense.yaml").read_text())
+    config.update({key: dense[key] for key in ("encoder", "encoder_conf", "decoder", "decoder_conf")})
+    path = tmp_path / "dense_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_speech2text_with_a_dense_config_refuses_a_low_rank_checkpoint(trained, tmp_path):
+    with pytest.raises(RuntimeError, match=r"does not fit the ESPnetASRModel its config builds.*"
+                                           r"unexpected keys \[decoder.decoders.0.feed_forward.w_1.U"):
+        Speech2Text(asr_train_config=str(_dense_config(trained, tmp_path)),
+                    asr_model_file=str(trained["model"]), device="cpu")
+
+
+def test_speech2text_with_a_dense_config_loads_its_own_checkpoint(trained, tmp_path):
+    config = _dense_config(trained, tmp_path)
+    dense = build_model(config)
+    torch.save(dense.state_dict(), tmp_path / "dense.pth")
+    speech2text = Speech2Text(asr_train_config=str(config), asr_model_file=str(tmp_path / "dense.pth"))
+    for (name, a), b in zip(dense.state_dict().items(), speech2text.asr_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_parallel_decoding_jobs_divide_an_exported_omp_num_threads(trained, tmp_path, monkeypatch):
+    """OMP_NUM_THREADS=2 exported and 2 jobs: each job runs 1 thread, as its log says."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    out = tmp_path / "decode"
+    text = decode(trained["data"]["dir"], out, trained["config"], trained["model"], CONF.parents[1] / "conf" / "decode_asr_cpu.yaml",
+                  nj=2)
+    assert len(text.read_text().splitlines()) == 6
+    for index in (1, 2):
+        assert "asr_inference: 1 torch thread(s)" in (out / "logdir" / f"asr_inference.{index}.log").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +162,7 @@ def test_guided_pack_decodes_with_the_guard_on(trained_guided, tmp_path):
     assert sum(p.numel() for p in speech2text.asr_model.parameters()) == sum(p.numel() for p in plain.parameters())
     audio, _ = soundfile.read(trained_guided["data"]["wav"], dtype="float32")
     assert isinstance(speech2text(audio)[0][0], str)
-    with pytest.raises(RuntimeError, match=r"missing keys \[.*linear_q.U"):  # the guard is still on
+    with pytest.raises(RuntimeError, match=r"missing keys \[.*feed_forward.w_1.U"):  # the guard is still on
         dense = build_model(CONF / "tiny_dense.yaml", token_list=tokens)
         torch.save(dense.state_dict(), tmp_path / "dense.pth")
         Speech2Text(asr_train_config=files["asr_train_config"], asr_model_file=str(tmp_path / "dense.pth"))

@@ -3,7 +3,6 @@
 merge their 1-best texts into ``<out_dir>/text``."""
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from tqdm import tqdm
 from espnet_lowrank.data.kaldi_dir import read_table
 from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
+from espnet_lowrank.threads import job_environment
 
 
 def split_keys(keys: Sequence[str], parts: int) -> List[List[str]]:
@@ -51,7 +51,7 @@ def show_progress(jobs, logdir: Path, total: int, description: str, poll_seconds
 
 def decode(
     data_dir: Path, out_dir: Path, asr_train_config: Path, asr_model_file: Path,
-    inference_config: Optional[Path], nj: int, ngpu: int = 0,
+    inference_config: Optional[Path], nj: int, ngpu: int = 0, job_threads: int = 0,
 ) -> Path:
     for path, option in ((asr_train_config, "--asr_train_config"), (asr_model_file, "--asr_model_file")):
         if not Path(path).is_file():
@@ -62,10 +62,10 @@ def decode(
     logdir = out_dir / "logdir"
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nj))))
+    pieces = split_keys(keys, nj)
+    env = job_environment(len(pieces), job_threads)
     jobs = []
-    for index, piece in enumerate(split_keys(keys, nj), 1):
+    for index, piece in enumerate(pieces, 1):
         key_file = logdir / f"keys.{index}.scp"
         key_file.write_text("".join(f"{k} x\n" for k in piece))
         command = [
@@ -111,9 +111,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--inference_config", type=Path, default=None)
     parser.add_argument("--nj", type=int, default=1)
     parser.add_argument("--ngpu", type=int, default=0)
+    parser.add_argument("--job_threads", type=int, default=0,
+                        help="threads per job; 0: OMP_NUM_THREADS (else the cores) divided among the jobs")
     args = parser.parse_args(argv)
     path = decode(args.data_dir, args.out_dir, args.asr_train_config, args.asr_model_file,
-                  args.inference_config, args.nj, args.ngpu)
+                  args.inference_config, args.nj, args.ngpu, args.job_threads)
     print(f"stage 12: wrote {path}")
 
 
