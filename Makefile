@@ -8,17 +8,23 @@ PY := $(VENV)/bin/python
 # found on PATH but only runs with PYENV_VERSION set: probe by running it.
 SYSTEM_PYTHON := $(shell for c in "python3.12" "env PYENV_VERSION=3.12.1 python3.12" "python3"; do \
 	$$c --version >/dev/null 2>&1 && { echo "$$c"; break; }; done)
-# pip repeats a harmless line per package for this machine's local mirrors.
-PIP_QUIET := grep -v "^WARNING: Location 'file:" || true
+# The oldest supported stack, which CI tests too: Python 3.11 with espnet 202511 (setup.py's lower bound).
+OLDEST_PYTHON := $(shell for c in "python3.11" "env PYENV_VERSION=3.11.7 python3.11"; do \
+	$$c --version >/dev/null 2>&1 && { echo "$$c"; break; }; done)
+OLDEST_VENV := .venv311
+# empty: whatever pip picks for the Python
+ESPNET_PIN :=
+# pip repeats a harmless line per package for this machine's local mirrors (and pip 23 one per legacy build).
+PIP_QUIET := grep -v -e "^WARNING: Location 'file:" -e "^ *DEPRECATION: .* legacy 'setup.py install'" || true
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast test-oldest venv clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	# no pip upgrade: pip 26 refuses espnet 202511's dependency ci_sdr (it declares a git URL)
-	$(PY) -m pip install -q -e '.[test]' 2>&1 | { $(PIP_QUIET); }
+	$(PY) -m pip install -q -e '.[test]' $(ESPNET_PIN) 2>&1 | { $(PIP_QUIET); }
 	touch $@
 
 # The whole pipeline on the embedded corpus (synthesised here, no download), on CPU:
@@ -34,5 +40,10 @@ test: venv
 test-fast: venv
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" tests
 
+# The fast suite on the oldest supported stack, in its own venv.
+test-oldest:
+	test -n '$(OLDEST_PYTHON)' || { echo "make: no Python 3.11 runs here (tried python3.11, PYENV_VERSION=3.11.7 python3.11)"; exit 1; }
+	$(MAKE) test-fast VENV=$(OLDEST_VENV) SYSTEM_PYTHON='$(OLDEST_PYTHON)' ESPNET_PIN='espnet==202511'
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info .pytest_cache
