@@ -64,10 +64,10 @@ def install_atomic_save() -> None:
 
 def _load_error(path: Path) -> Optional[str]:
     """None when ``path`` loads as ESPnet's resume loads it, else why not."""
-    from espnet2.torch_utils.safe_torch_load import safe_torch_load
+    from espnet_lowrank._compat import load_checkpoint
 
     try:
-        states = safe_torch_load(path, map_location="cpu")
+        states = load_checkpoint(path, map_location="cpu")
         states["reporter"], states["model"]
     except Exception as error:  # a damaged file fails in many ways (zip, pickle, EOF)
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

@@ -43,6 +43,20 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _extract_data(tar: tarfile.TarFile, dest: Path, archive: Path) -> None:
+    """Unpack plain files and dirs inside ``dest`` only (tarfile's "data" filter, which Python 3.11
+    before 3.11.4 lacks: there the same rule is checked here)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for member in tar.getmembers():
+        inside = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or (inside != root and root not in inside.parents):
+            raise ValueError(f"{archive}: refusing to unpack {member.name!r} (not a plain file inside {dest})")
+    tar.extractall(dest)
+
+
 def fetch(url: str, target: Path, md5: str) -> Path:
     """Download ``url`` to ``target``, resuming a ``.part`` file left by an
     interrupted run, and keep it only if its md5 matches."""
@@ -88,7 +102,7 @@ def download_part(part: str, dest: Path, base_url: str = BASE_URL) -> Path:
     archive = fetch(f"{base_url}/{part}.tar.gz", dest / f"{part}.tar.gz", PART_MD5[part])
     logging.info("unpacking %s", archive)
     with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
+        _extract_data(tar, dest, archive)
     if not (dest / "LibriSpeech" / part).is_dir():
         raise ValueError(f"{archive} did not contain LibriSpeech/{part}/")
     marker.touch()
