@@ -4,6 +4,7 @@
     espnet-lowrank bench CONFIG.yaml [...]         training and inference speed, side by side
     espnet-lowrank convert --dense_config ...      a trained dense model factorised into a low-rank one
     espnet-lowrank step-check CONFIG.yaml ...      how far one optimiser step moves U·V against dense
+    espnet-lowrank merge --config ... --model ...  a low-rank model as stock ESPnet (dense weights, no plugin)
     espnet-lowrank bench-jobs EXP DATA_DIR         stage 12's parallel decoding under each thread setting
 """
 
@@ -11,10 +12,10 @@ import argparse
 from typing import Optional, Sequence
 
 from espnet_lowrank.errors import one_line_errors
-from espnet_lowrank.tools import bench, bench_jobs, convert, report, step_check
+from espnet_lowrank.tools import bench, bench_jobs, convert, merge, report, step_check
 
 COMMANDS = (("report", report), ("bench", bench), ("convert", convert), ("step-check", step_check),
-            ("bench-jobs", bench_jobs))
+            ("merge", merge), ("bench-jobs", bench_jobs))
 
 
 @one_line_errors

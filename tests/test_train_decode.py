@@ -1,6 +1,7 @@
 """Real ESPnet training through our entry point, then decoding with ESPnet's
 own Speech2Text and asr_inference."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ import torch
 import yaml
 from espnet2.bin.asr_inference import Speech2Text
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model
 from espnet_lowrank.stages.decode import decode
 from espnet_lowrank.surgery import low_rank_layers
+from espnet_lowrank.tools.merge import merge
 from tiny_data import train_command, write_tiny_data
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -121,6 +124,45 @@ def test_parallel_decoding_jobs_divide_an_exported_omp_num_threads(trained, tmp_
         assert "asr_inference: 1 torch thread(s)" in (out / "logdir" / f"asr_inference.{index}.log").read_text()
 
 
+STOCK_ESPNET_DECODE = """
+import json, sys
+import soundfile, torch
+from espnet2.bin.asr_inference import Speech2Text
+from espnet2.tasks.asr import ASRTask
+
+config, model_file, wav = sys.argv[1:]
+model, _ = ASRTask.build_model_from_file(config, None, "cpu")
+model.load_state_dict(torch.load(model_file, map_location="cpu"), strict=True)
+speech2text = Speech2Text(asr_train_config=config, asr_model_file=model_file, beam_size=2, ctc_weight=0.3, nbest=1)
+audio, _ = soundfile.read(wav, dtype="float32")
+print(json.dumps({"text": speech2text(audio)[0][0], "plugin_imported": "espnet_lowrank" in sys.modules}))
+"""
+
+
+def test_merged_model_decodes_in_stock_espnet_as_the_low_rank_one(trained, tmp_path):
+    result = merge(trained["config"], trained["model"], tmp_path / "merged")
+    assert result["max_difference"] <= 1e-4
+    assert result["merged_params"] > result["low_rank_params"]
+    config = result["config"].read_text()
+    assert "lowrank" not in config and "encoder: conformer" in config and "decoder: transformer" in config
+    decoded = subprocess.run(
+        [sys.executable, "-c", STOCK_ESPNET_DECODE, str(result["config"]), str(result["model"]), str(trained["data"]["wav"])],
+        capture_output=True, text=True,
+    )
+    assert decoded.returncode == 0, decoded.stderr[-3000:]
+    stock = json.loads(decoded.stdout.strip().splitlines()[-1])
+    assert stock["plugin_imported"] is False
+    low_rank = Speech2Text(asr_train_config=str(trained["config"]), asr_model_file=str(trained["model"]),
+                           beam_size=2, ctc_weight=0.3, nbest=1)
+    audio, _ = soundfile.read(trained["data"]["wav"], dtype="float32")
+    assert stock["text"] == low_rank(audio)[0][0]
+
+
+def test_merging_a_dense_model_is_refused(trained, tmp_path):
+    with pytest.raises(InputError, match="builds no low-rank class"):
+        merge(_dense_config(trained, tmp_path), trained["model"], tmp_path / "merged")
+
+
 @pytest.fixture(scope="module")
 def trained_guided(tmp_path_factory):
     root = tmp_path_factory.mktemp("guided")
@@ -166,3 +208,11 @@ def test_guided_pack_decodes_with_the_guard_on(trained_guided, tmp_path):
         dense = build_model(CONF / "tiny_dense.yaml", token_list=tokens)
         torch.save(dense.state_dict(), tmp_path / "dense.pth")
         Speech2Text(asr_train_config=files["asr_train_config"], asr_model_file=str(tmp_path / "dense.pth"))
+
+
+def test_a_guided_model_merges_without_its_schedule(trained_guided, tmp_path):
+    exp = trained_guided["exp"]
+    result = merge(exp / "config.yaml", exp / "valid.acc.ave.pth", tmp_path / "merged")
+    state = torch.load(result["model"], map_location="cpu")
+    assert not any("lowrank_guide" in key for key in state)
+    assert "encoder.encoders.0.self_attn.linear_q.weight" in state and result["max_difference"] <= 1e-4
