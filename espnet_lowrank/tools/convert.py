@@ -4,7 +4,15 @@
         --config conf/train_asr_lrsms_demo.yaml --out exp/lrsms_init.pth
 
 The low-rank model is the one ``--config`` describes (ranks from its
-mappings); options the low-rank YAML leaves out (token list, feature
+mappings), or, with ``--param_ratio R`` instead, the dense model's own config
+with ranks chosen to reach R times its parameters while keeping as much of
+each weight's spectral energy as possible (:mod:`espnet_lowrank.budget`;
+written to ``--out_config``, with the ranks printed per group and block):
+
+    espnet-lowrank convert --dense_config exp/dense/config.yaml --dense_model exp/dense/valid.acc.ave.pth \\
+        --param_ratio 0.5 --exclude encoder.convolution --out exp/half/model.pth
+
+Options the low-rank YAML leaves out (token list, feature
 normalisation, ...) come from the dense run's saved ``config.yaml``, as they
 do when run.sh trains both on the same data. Every factor pair is the
 truncated SVD of its trained dense weight, U = u·√s, V = √s·vᵀ (exact at full
@@ -26,8 +34,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import yaml
 
-from espnet_lowrank.errors import one_line_errors
-from espnet_lowrank.model_config import build_model, read_config
+from espnet_lowrank import budget
+from espnet_lowrank.errors import InputError, one_line_errors
+from espnet_lowrank.model_config import DENSE_TWINS, build_model, count_parameters, read_config
 from espnet_lowrank.surgery import factorize_state_dict
 
 
@@ -73,6 +82,48 @@ def convert(dense_config, dense_model, config, out) -> List[Dict]:
     return energy_kept(dense_state, model)
 
 
+def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, exclude=(),
+                    multiple_of: int = 8) -> Dict:
+    """Write the low-rank config whose ranks spend ``param_ratio`` of the dense model's parameters
+    (:mod:`espnet_lowrank.budget`); returns the ranks and the parameter counts."""
+    if not 0 < param_ratio < 1:
+        raise InputError(f"--param_ratio {param_ratio}: the low-rank model's size relative to the dense one, in (0, 1)")
+    values = read_config(dense_config)
+    for part, (ours, parent) in DENSE_TWINS.items():
+        if values.get(part) != parent:
+            raise InputError(f"{dense_config}: {part}: {values.get(part)!r}; a budget converts a dense "
+                             f"{part}: {parent} (into {ours})")
+    model = build_model(dense_config)
+    state = torch.load(Path(dense_model), map_location="cpu")
+    units = budget.budget_units(model, state, exclude)
+    dense_params = count_parameters(model)
+    fixed = dense_params - sum(unit.dense_params for unit in units)
+    target = round(param_ratio * dense_params)
+    ranks = budget.allocate(units, target - fixed, multiple_of)
+    for part, settings in budget.lowrank_settings(units, ranks, multiple_of).items():
+        values[part] = {**values[part], **settings}
+    for part, (ours, _) in DENSE_TWINS.items():
+        values[part] = ours
+    values["config"] = None  # it was the dense run's YAML
+    out_config = Path(out_config)
+    out_config.parent.mkdir(parents=True, exist_ok=True)
+    out_config.write_text(yaml.safe_dump(values, sort_keys=False))
+    return {"ranks": ranks, "units": units, "dense_params": dense_params, "target_params": target,
+            "params": fixed + budget.factorised_params(units, ranks)}
+
+
+def format_ranks(result: Dict) -> str:
+    lines = [f"{'group':28} ranks by block (energy kept)"]
+    by_group: Dict[str, List[str]] = {}
+    for unit in result["units"]:
+        rank = result["ranks"][unit.name]
+        by_group.setdefault(f"{unit.part}.{unit.group}", []).append(f"{rank} ({unit.energy[rank]:.2f})")
+    lines += [f"{group:28} {' '.join(ranks)}" for group, ranks in by_group.items()]
+    lines.append(f"parameters: {result['params']:,} = {result['params'] / result['dense_params']:.3f} of the dense "
+                 f"{result['dense_params']:,} (asked: {result['target_params'] / result['dense_params']:.3f})")
+    return "\n".join(lines)
+
+
 def format_energy(rows: List[Dict]) -> str:
     groups: Dict[str, List[float]] = {}
     for row in rows:
@@ -86,12 +137,25 @@ def format_energy(rows: List[Dict]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense_config", required=True, help="the dense run's saved config.yaml")
     parser.add_argument("--dense_model", required=True, help="its weights, e.g. 5epoch.pth")
-    parser.add_argument("--config", required=True, help="the low-rank training YAML (ranks, groups)")
+    ranks = parser.add_mutually_exclusive_group(required=True)
+    ranks.add_argument("--config", help="the low-rank training YAML (ranks, groups)")
+    ranks.add_argument("--param_ratio", type=float, help="instead: ranks for this share of the dense parameters")
+    parser.add_argument("--exclude", nargs="*", default=[], help="with --param_ratio: groups kept dense, "
+                        "e.g. encoder.convolution decoder.src_attention")
+    parser.add_argument("--multiple_of", type=int, default=8, help="with --param_ratio: ranks are multiples of it")
+    parser.add_argument("--out_config", help="with --param_ratio: where the low-rank config goes "
+                        "(default: beside --out, as config.yaml)")
     parser.add_argument("--out", required=True, help="where to write the low-rank state dict")
 
 
 def run(args: argparse.Namespace) -> None:
-    rows = convert(args.dense_config, args.dense_model, args.config, args.out)
+    config = args.config
+    if args.param_ratio is not None:
+        config = args.out_config or Path(args.out).with_name("config.yaml")
+        result = budgeted_config(args.dense_config, args.dense_model, args.param_ratio, config, args.exclude,
+                                 args.multiple_of)
+        print(f"wrote {config}\n{format_ranks(result)}")
+    rows = convert(args.dense_config, args.dense_model, config, args.out)
     print(f"wrote {args.out}: {len(rows)} factorised layers\n{format_energy(rows)}")
 
 

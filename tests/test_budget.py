@@ -1,0 +1,99 @@
+"""Ranks from a parameter budget (``convert --param_ratio``): the greedy allocation
+against brute force, the budget hit within 1%, and the converted model."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from espnet_lowrank import budget
+from espnet_lowrank.model_config import build_model, count_parameters, read_config
+from espnet_lowrank.tools.convert import budgeted_config, convert
+
+CONF = Path(__file__).resolve().parent / "conf"
+TOKENS = ["<blank>", "<unk>", *"abcdefghijklmnop", "<sos/eos>"]
+
+
+@pytest.fixture
+def dense_run(tmp_path):
+    """A dense model's weights (made less uniform than an init, as training does) and its config.yaml."""
+    torch.manual_seed(1)
+    model = build_model(CONF / "tiny_dense.yaml", token_list=TOKENS)
+    state = model.state_dict()
+    for key, value in state.items():
+        if value.dim() >= 2 and value.shape[0] > 1:  # a decaying spectrum, different in every layer
+            scale = torch.linspace(1.0, 0.05 + 0.1 * torch.rand(()).item(), value.shape[0])
+            state[key] = value * scale.view(-1, *[1] * (value.dim() - 1))
+    saved = read_config(CONF / "tiny_dense.yaml")
+    saved["token_list"] = TOKENS
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    torch.save(state, tmp_path / "dense.pth")
+    return {"model": model, "state": state, "config": tmp_path / "config.yaml", "weights": tmp_path / "dense.pth"}
+
+
+def _energy(units, ranks):
+    return sum(unit.energy[ranks[unit.name]] for unit in units)
+
+
+@pytest.mark.parametrize("share", [0.3, 0.5, 0.8])
+def test_greedy_is_within_one_step_of_the_brute_force_optimum(dense_run, share):
+    units = budget.budget_units(dense_run["model"], dense_run["state"])[-3:]  # the decoder's groups
+    multiple_of = 4
+    choices = [range(multiple_of, budget.max_rank(unit, multiple_of) + 1, multiple_of) for unit in units]
+    most = sum(max(c) * unit.cost_per_rank for c, unit in zip(choices, units))
+    least = sum(multiple_of * unit.cost_per_rank for unit in units)
+    limit = int(least + share * (most - least))
+    best = max(
+        (_energy(units, dict(zip((u.name for u in units), combo))), combo)
+        for combo in itertools.product(*choices)
+        if sum(r * u.cost_per_rank for r, u in zip(combo, units)) <= limit
+    )[0]
+    ranks = budget.allocate(units, limit, multiple_of)
+    assert budget.factorised_params(units, ranks) <= limit
+    largest_step = max(u.energy[r + multiple_of] - u.energy[r] for u in units
+                       for r in range(multiple_of, budget.max_rank(u, multiple_of), multiple_of))
+    assert best - largest_step <= _energy(units, ranks) <= best + 1e-12
+
+
+def test_every_rank_stays_at_or_below_break_even(dense_run):
+    units = budget.budget_units(dense_run["model"], dense_run["state"])
+    ranks = budget.allocate(units, 10**9, multiple_of=2)  # money no object: every unit at its cap
+    for unit in units:
+        assert ranks[unit.name] * unit.cost_per_rank <= unit.dense_params, unit.name
+
+
+@pytest.mark.parametrize("ratio", [0.6, 0.75, 0.9])
+def test_the_converted_model_has_the_asked_share_of_parameters_within_1_percent(dense_run, tmp_path, ratio):
+    result = budgeted_config(dense_run["config"], dense_run["weights"], ratio, tmp_path / "lr" / "config.yaml",
+                             multiple_of=2)
+    lowrank = build_model(tmp_path / "lr" / "config.yaml")
+    measured = count_parameters(lowrank)
+    assert measured == result["params"]
+    assert abs(measured / count_parameters(dense_run["model"]) - ratio) <= 0.01
+    convert(dense_run["config"], dense_run["weights"], tmp_path / "lr" / "config.yaml", tmp_path / "lr" / "model.pth")
+    lowrank.load_state_dict(torch.load(tmp_path / "lr" / "model.pth"), strict=True)
+
+
+def test_excluded_groups_stay_dense(dense_run, tmp_path):
+    budgeted_config(dense_run["config"], dense_run["weights"], 0.8, tmp_path / "c.yaml",
+                    exclude=["encoder.convolution", "decoder.src_attention"], multiple_of=2)
+    values = read_config(tmp_path / "c.yaml")
+    assert values["encoder"] == "lowrank_conformer" and "lowrank_convolution" not in values["encoder_conf"]
+    assert "lowrank_src_attention" not in values["decoder_conf"] and "lowrank_attention" in values["encoder_conf"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"param_ratio": 0.05}, "ask for a larger --param_ratio"),
+    ({"param_ratio": 1.0}, r"--param_ratio 1.0: .* in \(0, 1\)"),
+    ({"param_ratio": 0.8, "exclude": ["encoder.attn"]}, "--exclude encoder.attn is not a layer group"),
+])
+def test_bad_budgets_are_named(dense_run, tmp_path, kwargs, message):
+    with pytest.raises(Exception, match=message):
+        budgeted_config(dense_run["config"], dense_run["weights"], out_config=tmp_path / "c.yaml", **kwargs)
+
+
+def test_a_low_rank_model_is_not_budgeted_again(dense_run, tmp_path):
+    with pytest.raises(Exception, match="a budget converts a dense encoder: conformer"):
+        budgeted_config(CONF / "tiny_lowrank.yaml", dense_run["weights"], 0.5, tmp_path / "c.yaml")
