@@ -6,16 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 import soundfile
 import torch
 import yaml
 from espnet2.bin.asr_inference import Speech2Text
+from espnet_model_zoo.downloader import ModelDownloader
 
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model
 from espnet_lowrank.stages.decode import decode
 from espnet_lowrank.surgery import low_rank_layers
+from espnet_lowrank.packing import pack_model
+from espnet_lowrank.tools import convert
 from espnet_lowrank.tools.merge import merge
 from tiny_data import train_command, write_tiny_data
 
@@ -128,6 +132,7 @@ STOCK_ESPNET_DECODE = """
 import json, sys
 import soundfile, torch
 from espnet2.bin.asr_inference import Speech2Text
+from espnet_model_zoo.downloader import ModelDownloader
 from espnet2.tasks.asr import ASRTask
 
 config, model_file, wav = sys.argv[1:]
@@ -140,13 +145,15 @@ print(json.dumps({"text": speech2text(audio)[0][0], "plugin_imported": "espnet_l
 
 
 def test_merged_model_decodes_in_stock_espnet_as_the_low_rank_one(trained, tmp_path):
-    result = merge(trained["config"], trained["model"], tmp_path / "merged")
+    result = merge(trained["config"], trained["model"], tmp_path / "merged", pack=tmp_path / "merged.zip")
     assert result["max_difference"] <= 1e-4
     assert result["merged_params"] > result["low_rank_params"]
     config = result["config"].read_text()
     assert "lowrank" not in config and "encoder: conformer" in config and "decoder: transformer" in config
-    decoded = subprocess.run(
-        [sys.executable, "-c", STOCK_ESPNET_DECODE, str(result["config"]), str(result["model"]), str(trained["data"]["wav"])],
+    files = ModelDownloader(tmp_path / "cache").unpack_local_file(str(tmp_path / "merged.zip"))
+    decoded = subprocess.run(  # from the pack
+        [sys.executable, "-c", STOCK_ESPNET_DECODE, files["asr_train_config"], files["asr_model_file"],
+         str(trained["data"]["wav"])],
         capture_output=True, text=True,
     )
     assert decoded.returncode == 0, decoded.stderr[-3000:]
@@ -188,8 +195,6 @@ def test_guided_training_writes_guide_free_models(trained_guided):
 
 
 def test_guided_pack_decodes_with_the_guard_on(trained_guided, tmp_path):
-    from espnet_model_zoo.downloader import ModelDownloader
-
     exp = trained_guided["exp"]
     result = subprocess.run(
         [sys.executable, "-m", "espnet2.bin.pack", "asr", "--asr_train_config", str(exp / "config.yaml"),
@@ -216,3 +221,34 @@ def test_a_guided_model_merges_without_its_schedule(trained_guided, tmp_path):
     state = torch.load(result["model"], map_location="cpu")
     assert not any("lowrank_guide" in key for key in state)
     assert "encoder.encoders.0.self_attn.linear_q.weight" in state and result["max_difference"] <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def trained_dense(tmp_path_factory):
+    """The tiny dense twin, trained with global feature statistics (a file its pack must carry)."""
+    root = tmp_path_factory.mktemp("dense")
+    data = write_tiny_data(root / "data")
+    stats = root / "feats_stats.npz"
+    numpy.savez(stats, count=numpy.array(100.0), sum=numpy.zeros(20), sum_square=100 * numpy.ones(20))
+    command = train_command(sys.executable, CONF / "tiny_dense.yaml", data, root / "exp")
+    command += ["--normalize", "global_mvn", "--normalize_conf", f"stats_file={stats}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"data": data, "exp": root / "exp", "stats": stats}
+
+
+def test_a_packed_dense_model_converts_by_budget_into_a_pack_that_decodes(trained_dense, tmp_path):
+    exp = trained_dense["exp"]
+    dense_zip = pack_model(yaml.safe_load((exp / "config.yaml").read_text()), exp / "1epoch.pth", tmp_path / "dense.zip")
+    trained_dense["stats"].rename(tmp_path / "elsewhere.npz")  # from here on, only the packs hold it
+    convert.main(["--dense_model", str(dense_zip), "--param_ratio", "0.8", "--multiple_of", "2",
+                  "--out", str(tmp_path / "lr" / "model.pth"), "--pack", str(tmp_path / "lr.zip")])
+    files = ModelDownloader(tmp_path / "cache").unpack_local_file(str(tmp_path / "lr.zip"))
+    speech2text = Speech2Text(**files, device="cpu", beam_size=2)
+    dense = build_model(exp / "config.yaml")
+    ratio = sum(p.numel() for p in speech2text.asr_model.parameters()) / sum(p.numel() for p in dense.parameters())
+    assert abs(ratio - 0.8) <= 0.01
+    assert low_rank_layers(speech2text.asr_model)
+    assert Path(yaml.safe_load(Path(files["asr_train_config"]).read_text())["normalize_conf"]["stats_file"]).is_file()
+    audio, _ = soundfile.read(trained_dense["data"]["wav"], dtype="float32")
+    assert isinstance(speech2text(audio)[0][0], str)

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import yaml
 
-from espnet_lowrank import budget
+from espnet_lowrank import budget, packing
 from espnet_lowrank.errors import InputError, one_line_errors
 from espnet_lowrank.model_config import DENSE_TWINS, build_model, count_parameters, read_config
 from espnet_lowrank.surgery import factorize_state_dict
@@ -135,8 +135,9 @@ def format_energy(rows: List[Dict]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dense_config", required=True, help="the dense run's saved config.yaml")
-    parser.add_argument("--dense_model", required=True, help="its weights, e.g. 5epoch.pth")
+    parser.add_argument("--dense_config", help="the dense run's saved config.yaml (not with a pack)")
+    parser.add_argument("--dense_model", required=True,
+                        help="its weights, e.g. 5epoch.pth, or a packed asr_model.zip (config included)")
     ranks = parser.add_mutually_exclusive_group(required=True)
     ranks.add_argument("--config", help="the low-rank training YAML (ranks, groups)")
     ranks.add_argument("--param_ratio", type=float, help="instead: ranks for this share of the dense parameters")
@@ -146,17 +147,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out_config", help="with --param_ratio: where the low-rank config goes "
                         "(default: beside --out, as config.yaml)")
     parser.add_argument("--out", required=True, help="where to write the low-rank state dict")
+    parser.add_argument("--pack", help="also pack the low-rank model into this asr_model.zip")
 
 
 def run(args: argparse.Namespace) -> None:
+    dense_config, dense_model = args.dense_config, args.dense_model
+    if str(dense_model).endswith(".zip"):
+        if dense_config:
+            raise InputError(f"--dense_model {dense_model} is a pack with its own config: leave out --dense_config")
+        dense_config, dense_model = packing.unpack_model(dense_model, Path(args.out).parent / "dense_pack")
+    elif not dense_config:
+        raise InputError("--dense_config is needed, unless --dense_model is a packed asr_model.zip")
     config = args.config
     if args.param_ratio is not None:
         config = args.out_config or Path(args.out).with_name("config.yaml")
-        result = budgeted_config(args.dense_config, args.dense_model, args.param_ratio, config, args.exclude,
+        result = budgeted_config(dense_config, dense_model, args.param_ratio, config, args.exclude,
                                  args.multiple_of)
         print(f"wrote {config}\n{format_ranks(result)}")
-    rows = convert(args.dense_config, args.dense_model, config, args.out)
+    rows = convert(dense_config, dense_model, config, args.out)
     print(f"wrote {args.out}: {len(rows)} factorised layers\n{format_energy(rows)}")
+    if args.pack:
+        print(f"packed {packing.pack_model(lowrank_options(dense_config, config), args.out, args.pack)}")
 
 
 @one_line_errors

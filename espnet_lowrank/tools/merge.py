@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence
 import torch
 import yaml
 
+from espnet_lowrank import packing
 from espnet_lowrank.checkpoints import atomic_save
 from espnet_lowrank.errors import InputError, one_line_errors
 from espnet_lowrank.model_config import build_model, count_parameters, dense_twin, read_config, uses_low_rank
@@ -47,8 +48,9 @@ def max_output_difference(first, second, seconds: float = 1.0, seed: int = 0) ->
     return max((a - b).abs().max().item() for a, b in zip(*outputs))
 
 
-def merge(config, model_file, out_dir) -> Dict[str, object]:
-    """Write ``out_dir/config.yaml`` and ``out_dir/model.pth``; returns what was merged."""
+def merge(config, model_file, out_dir, pack=None) -> Dict[str, object]:
+    """Write ``out_dir/config.yaml`` and ``out_dir/model.pth`` (and the ``pack`` zip, if given);
+    returns what was merged."""
     values = read_config(config)
     if not uses_low_rank(values):
         raise InputError(f"config {config} builds no low-rank class (encoder: {values.get('encoder')}, "
@@ -79,6 +81,8 @@ def merge(config, model_file, out_dir) -> Dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(state, out_dir / "model.pth")
     (out_dir / "config.yaml").write_text(yaml.safe_dump(stock_values, sort_keys=False))
+    if pack:
+        packing.pack_model(stock_values, out_dir / "model.pth", pack)
     return {"config": out_dir / "config.yaml", "model": out_dir / "model.pth",
             "low_rank_params": count_parameters(low_rank), "merged_params": count_parameters(stock),
             "max_difference": difference}
@@ -88,10 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="the low-rank run's saved config.yaml")
     parser.add_argument("--model", required=True, help="its weights, e.g. valid.acc.ave.pth")
     parser.add_argument("--out_dir", required=True, help="where config.yaml and model.pth go")
+    parser.add_argument("--pack", help="also pack them into this asr_model.zip")
 
 
 def run(args: argparse.Namespace) -> None:
-    result = merge(args.config, args.model, args.out_dir)
+    result = merge(args.config, args.model, args.out_dir, args.pack)
     print(f"wrote {result['config']} and {result['model']}: {result['low_rank_params'] / 1e6:.2f} M parameters "
           f"in low rank, {result['merged_params'] / 1e6:.2f} M merged; outputs differ by at most "
           f"{result['max_difference']:.1e}")
