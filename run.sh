@@ -43,6 +43,7 @@ inference_config=conf/decode_asr_cpu.yaml
 asr_tag=                # exp/asr_<asr_tag>; default: the config's name
 asr_args=               # extra options for asr_train, e.g. "--max_epoch 3"
 lowrank_warmup_epochs=0 # >0: train the config's dense twin this many epochs, factorise it, go on in low rank
+init_param=             # stage 11 starts from these weights, fresh optimiser (espnet-lowrank convert's output; path:src:dst too)
 token_type=char         # char | bpe (SentencePiece)
 nbpe=5000               # with --token_type bpe
 bpemode=unigram         # unigram | bpe
@@ -109,6 +110,10 @@ fi
 [ "${dist_backend}" = gloo ] || [ "${ngpu}" -gt 0 ] || die "--dist_backend nccl needs GPUs (--ngpu > 0); CPU processes use gloo"
 [ "${verbose}" = false ] || export ESPNET_LOWRANK_VERBOSE=1
 [ -f "${asr_config}" ] || die "--asr_config ${asr_config} does not exist"
+if [ -n "${init_param}" ]; then
+  [ -f "${init_param%%:*}" ] || die "--init_param: ${init_param%%:*} does not exist"
+  [ "${lowrank_warmup_epochs}" -eq 0 ] || die "--init_param and --lowrank_warmup_epochs both set the starting weights: choose one"
+fi
 [ -z "${inference_config}" ] || [ -f "${inference_config}" ] || die "--inference_config ${inference_config} does not exist"
 [ -n "${asr_tag}" ] || asr_tag=$(basename "${asr_config}" .yaml)
 [[ "${asr_tag}" =~ ^[A-Za-z0-9._+-]+$ ]] || die "--asr_tag '${asr_tag}' may hold only letters, digits and . _ + - (it names exp/asr_<tag>)"
@@ -334,12 +339,14 @@ if run_stage 11; then
   take_lock "${asr_exp}"
   train_inputs=(--option "asr_args=${asr_args}" --option "lowrank_warmup_epochs=${lowrank_warmup_epochs}"
     --input "${asr_config}" --input "${stats_dir}/train" "${data_inputs[@]}")
+  # recorded only when set, so that runs from before the option was added keep their markers
+  [ -z "${init_param}" ] || train_inputs+=(--option "init_param=${init_param}" --input "${init_param%%:*}")
   stop_hint="Use another --asr_tag to train from them, or delete ${asr_exp} to train again."
   if stage_needed 11 stop "${asr_exp}/.done" "${train_inputs[@]}"; then
     # a bad option, group or rank stops here in one line, not in train.log
     py espnet_lowrank.model_config "${asr_config}" --token_list "${token_list}" 2> >(grep -v "Flash Attention" >&2) || exit 1
     stage_finished "${asr_exp}/.done" --started "${train_inputs[@]}"
-    phase_args=()
+    phase_args=(); [ -z "${init_param}" ] || phase_args=(--init_param "${init_param}")
     lowrank_epochs=0  # stays 0 without a warm-up, and for a dense config (nothing to factorise)
     if [ "${lowrank_warmup_epochs}" -gt 0 ]; then
       lowrank_epochs=$(py espnet_lowrank.stages.warmup epochs --config "${asr_config}" \

@@ -80,6 +80,15 @@ def config_args(
     return args
 
 
+def appended_options() -> frozenset:
+    """Options that ESPnet *appends* to a config's values rather than replacing them (argparse's
+    append action starts from the defaults the config set): data and shape files, fold lengths. run.sh
+    passes them itself, so a config that sets them too (a saved ``config.yaml``) would train on its
+    data twice."""
+    parser = asr_task().get_parser()
+    return frozenset(action.dest for action in parser._actions if isinstance(action, argparse._AppendAction))
+
+
 #: Keys ESPnet's ``AbsTask.main`` adds to the ``config.yaml`` it saves, which are not options.
 SAVED_BY_ESPNET = frozenset({"version", "distributed"})
 
@@ -169,6 +178,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--token_list", type=Path, required=True)
     args = parser.parse_args(argv)
+    appended = sorted(appended_options() & set(read_config(args.config)))
+    if appended:
+        raise ValueError(f"config {args.config} sets {', '.join(appended)}, which run.sh passes itself and ESPnet "
+                         "would add to, not replace (a saved config.yaml?): remove them")
     model = build_model(args.config, token_list=read_token_list(args.token_list))
     print(f"{args.config}: {count_parameters(model) / 1e6:.2f} M parameters", file=sys.stderr)
 

@@ -56,6 +56,11 @@ def test_unknown_option_is_named(tmp_path):
     assert result.returncode != 0 and "unknown option --stopstage" in result.stderr
 
 
+def test_a_missing_init_param_is_named(tmp_path):
+    result = run(recipe_dir(tmp_path), "--init_param", "exp/nope.pth:encoder:encoder", check=False)
+    assert result.returncode != 0 and "--init_param: exp/nope.pth does not exist" in result.stderr
+
+
 def test_a_bad_job_threads_is_named(tmp_path):
     result = run(recipe_dir(tmp_path), "--job_threads", "two", check=False)
     assert result.returncode != 0 and "--job_threads must be a whole number >= 0, not 'two'" in result.stderr
@@ -342,3 +347,42 @@ def test_bring_your_own_data_dir_enters_at_stage_2(pipeline):
     assert (recipe / "dump_mine" / "raw" / "my_train" / "utt2num_samples").exists()
     assert (recipe / "data" / "token_list" / "my_train" / "unigram30" / "tokens.txt").exists()  # its own
     assert "stage 2" not in result.stderr  # no --speed_perturb_factors: nothing to do
+
+
+@pytest.mark.slow
+def test_a_budget_converted_model_fine_tunes_from_its_weights(pipeline, tmp_path):
+    """Dense twin -> convert --param_ratio -> run.sh --init_param: training starts at the converted weights."""
+    import torch
+
+    from espnet_lowrank.tools import convert
+
+    recipe = pipeline["recipe"]
+    common = [*TINY, "--stage", "11", "--stop_stage", "12", "--speed_perturb_factors", "0.9 1.0 1.1",
+              "--asr_args", "--max_epoch 1 --batch_size 8 --batch_type unsorted"]
+    run(recipe, *common, "--asr_config", str(ROOT / "tests" / "conf" / "tiny_dense.yaml"), "--asr_tag", "dense_twin",
+        "--stop_stage", "11")
+    dense = recipe / "exp" / "asr_dense_twin"
+    converted = tmp_path / "converted"
+    convert.main(["--dense_config", str(dense / "config.yaml"), "--dense_model", str(dense / "1epoch.pth"),
+                  "--param_ratio", "0.8", "--multiple_of", "2", "--out", str(converted / "model.pth")])
+    result = run(recipe, *common, "--asr_config", str(converted / "config.yaml"),
+                 "--init_param", str(converted / "model.pth"), "--asr_tag", "fine_tuned")
+    tuned = recipe / "exp" / "asr_fine_tuned"
+    assert (tuned / ".done").exists() and (tuned / "decode_decode_asr_cpu_valid.acc.ave" / "test" / "text").exists()
+    name = "encoder.encoders.0.self_attn.linear_q"
+    start, after = torch.load(converted / "model.pth"), torch.load(tuned / "1epoch.pth")
+    moved = (after[f"{name}.U"] @ after[f"{name}.V"] - start[f"{name}.U"] @ start[f"{name}.V"]).norm()
+    assert moved < 0.5 * (start[f"{name}.U"] @ start[f"{name}.V"]).norm()  # one epoch on, not a fresh start
+    assert "stage 11: already done" not in result.stderr
+
+
+def test_a_saved_config_yaml_is_refused_as_a_training_config(tmp_path):
+    """ESPnet appends the data options run.sh passes to those a saved config.yaml holds."""
+    from espnet_lowrank.model_config import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text((TINY_CONFIG).read_text() + "train_shape_file: [exp/stats/train/speech_shape]\n")
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("<blank>\n<unk>\na\n<sos/eos>\n")
+    with pytest.raises(SystemExit, match="sets train_shape_file, which run.sh passes itself"):
+        main([str(config), "--token_list", str(tokens)])

@@ -36,7 +36,7 @@ import yaml
 
 from espnet_lowrank import budget, packing
 from espnet_lowrank.errors import InputError, one_line_errors
-from espnet_lowrank.model_config import DENSE_TWINS, build_model, count_parameters, read_config
+from espnet_lowrank.model_config import DENSE_TWINS, appended_options, build_model, count_parameters, read_config
 from espnet_lowrank.surgery import factorize_state_dict
 
 
@@ -105,6 +105,8 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     for part, (ours, _) in DENSE_TWINS.items():
         values[part] = ours
     values["config"] = None  # it was the dense run's YAML
+    for key in appended_options():  # so that run.sh --init_param can train on from it
+        values.pop(key, None)
     out_config = Path(out_config)
     out_config.parent.mkdir(parents=True, exist_ok=True)
     out_config.write_text(yaml.safe_dump(values, sort_keys=False))
