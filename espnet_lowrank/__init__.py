@@ -1,6 +1,6 @@
 """Low-rank (W = U·V) Conformer training for ESPnet.
 
-Importing the package registers ``encoder: lowrank_conformer`` and
+Importing the package registers ``encoder: lowrank_conformer``, ``encoder: lowrank_e_branchformer`` and
 ``decoder: lowrank_transformer`` in ESPnet's ASR task (when ESPnet's task
 module loads, so importing us stays cheap).
 """
@@ -13,6 +13,7 @@ _LAZY = {
     "LowRankLinear": "espnet_lowrank.layers",
     "LowRankPointwiseConv1d": "espnet_lowrank.layers",
     "LowRankConformerEncoder": "espnet_lowrank.encoder",
+    "LowRankEBranchformerEncoder": "espnet_lowrank.e_branchformer",
     "LowRankTransformerDecoder": "espnet_lowrank.decoder",
     "RANK_MAPPINGS": "espnet_lowrank.rank_mapping",
     "break_even_rank": "espnet_lowrank.rank_mapping",

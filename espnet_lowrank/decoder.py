@@ -29,6 +29,9 @@ class LowRankTransformerDecoder(GuidedTraining, CheckedStateDictLoading, Transfo
     feed-forward layers are trained as ``U·V`` factors; settings as in
     :class:`espnet_lowrank.encoder.LowRankConformerEncoder`."""
 
+    #: the ``lowrank_<group>`` options' sub-layers in each block
+    LOWRANK_GROUPS = DECODER_GROUPS
+
     @typechecked
     def __init__(
         self,

@@ -51,6 +51,9 @@ class LowRankConformerEncoder(GuidedTraining, CheckedStateDictLoading, Conformer
     dense distribution the SVD starts from; match it to ESPnet's ``init``).
     """
 
+    #: the ``lowrank_<group>`` options' sub-layers in each block
+    LOWRANK_GROUPS = ENCODER_GROUPS
+
     @typechecked
     def __init__(
         self,
@@ -103,29 +106,42 @@ class LowRankConformerEncoder(GuidedTraining, CheckedStateDictLoading, Conformer
                 "encoder_conf",
             )
         )
-        self.lowrank_ranks = factorize_blocks(
-            self.encoders,
+        factorise_encoder(
+            self,
             ENCODER_GROUPS,
             {
                 "attention": lowrank_attention,
                 "feed_forward": lowrank_feed_forward,
                 "convolution": lowrank_convolution,
             },
-            init=lowrank_init,
-            dense_init=lowrank_dense_init,
-            key_prefix="encoder_conf.lowrank_",
+            lowrank_input_layer,
+            lowrank_init,
+            lowrank_dense_init,
+            lowrank_guide,
+            lowrank_frobenius_decay,
+            lowrank_lr_scale,
         )
-        input_ranks = factorize_blocks(
-            [self.embed],
-            {"input_layer": INPUT_LAYER_PATHS},
-            {"input_layer": lowrank_input_layer},
-            init=lowrank_init,
-            dense_init=lowrank_dense_init,
-            key_prefix="encoder_conf.lowrank_",
-        )
-        self.lowrank_ranks.update(
-            {"embed." + name.split(".", 1)[1]: rank for name, rank in input_ranks.items()}
-        )
-        self.attach_guide(lowrank_guide, "encoder_conf.lowrank_guide")
-        apply_frobenius_decay(self, lowrank_frobenius_decay, "encoder_conf.lowrank_frobenius_decay")
-        apply_lr_scale(self, lowrank_lr_scale, "encoder_conf.lowrank_lr_scale")
+
+
+def factorise_encoder(
+    encoder, groups, settings, input_layer, init, dense_init, guide, frobenius_decay, lr_scale
+) -> None:
+    """What every low-rank encoder does once its ESPnet parent has built it:
+    factorise the groups of every block and the subsampling's convolutions,
+    then attach the guide, Frobenius decay and learning-rate scale, which all
+    act on the factor pairs. ``encoder.lowrank_ranks`` records the ranks."""
+    encoder.lowrank_ranks = factorize_blocks(
+        encoder.encoders, groups, settings, init=init, dense_init=dense_init, key_prefix="encoder_conf.lowrank_"
+    )
+    input_ranks = factorize_blocks(
+        [encoder.embed],
+        {"input_layer": INPUT_LAYER_PATHS},
+        {"input_layer": input_layer},
+        init=init,
+        dense_init=dense_init,
+        key_prefix="encoder_conf.lowrank_",
+    )
+    encoder.lowrank_ranks.update({"embed." + name.split(".", 1)[1]: rank for name, rank in input_ranks.items()})
+    encoder.attach_guide(guide, "encoder_conf.lowrank_guide")
+    apply_frobenius_decay(encoder, frobenius_decay, "encoder_conf.lowrank_frobenius_decay")
+    apply_lr_scale(encoder, lr_scale, "encoder_conf.lowrank_lr_scale")

@@ -92,8 +92,12 @@ def appended_options() -> frozenset:
 #: Keys ESPnet's ``AbsTask.main`` adds to the ``config.yaml`` it saves, which are not options.
 SAVED_BY_ESPNET = frozenset({"version", "distributed"})
 
-#: Each low-rank class's dense parent, by ESPnet choice name.
-DENSE_TWINS = {"encoder": ("lowrank_conformer", "conformer"), "decoder": ("lowrank_transformer", "transformer")}
+#: Each low-rank class, by ESPnet choice name: the part it is, and its dense parent's choice name.
+DENSE_TWINS = {
+    "lowrank_conformer": ("encoder", "conformer"),
+    "lowrank_e_branchformer": ("encoder", "e_branchformer"),
+    "lowrank_transformer": ("decoder", "transformer"),
+}
 
 
 def read_config(config: Union[str, Path]) -> dict:
@@ -112,16 +116,17 @@ def read_config(config: Union[str, Path]) -> dict:
 def uses_low_rank(values: Mapping[str, Any]) -> bool:
     """Whether the training options build one of our low-rank classes (else the
     config is dense and has nothing to factorise)."""
-    return any(values.get(part) == ours for part, (ours, _) in DENSE_TWINS.items())
+    return any(values.get(part) == ours for ours, (part, _) in DENSE_TWINS.items())
 
 
 def dense_twin(values: Mapping[str, Any]) -> dict:
     """The same training options with every low-rank setting off: ESPnet's
     own Conformer/Transformer in place of ours, no ``lowrank_*`` options."""
     twin = dict(values)
-    for part, (ours, parent) in DENSE_TWINS.items():
+    for ours, (part, parent) in DENSE_TWINS.items():
         if twin.get(part) == ours:
             twin[part] = parent
+    for part in ("encoder", "decoder"):
         conf = twin.get(f"{part}_conf")
         if isinstance(conf, Mapping):
             twin[f"{part}_conf"] = {k: v for k, v in conf.items() if not k.startswith("lowrank_")}
@@ -153,7 +158,8 @@ def check_part_options(config, values: Mapping[str, Any]) -> None:
             if key.startswith("lowrank_") and ours:
                 hint = f"{name}'s low-rank options are {', '.join(ours)}"
             elif key.startswith("lowrank_"):
-                hint = f"{name} is dense: use {DENSE_TWINS[part][0]} for low-rank options"
+                twins = [ours for ours, (_, parent) in DENSE_TWINS.items() if parent == name]
+                hint = f"{name} is dense: use {twins[0] if twins else 'one of ours'} for low-rank options"
             else:
                 close = difflib.get_close_matches(key, accepted, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"{name} takes {', '.join(accepted)}"

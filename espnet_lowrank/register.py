@@ -15,8 +15,8 @@ ASR_TASK = "espnet2.tasks.asr"
 
 
 def register() -> None:
-    """Add ``lowrank_conformer`` and ``lowrank_transformer`` to ESPnet's ASR
-    task, and make the models it builds refuse checkpoints that do not fit
+    """Add ``lowrank_conformer``, ``lowrank_e_branchformer`` and
+    ``lowrank_transformer`` to ESPnet's ASR task, and make the models it builds refuse checkpoints that do not fit
     them (idempotent). ESPnet skips its own type check when classes are
     added this way, so it is done here."""
     from espnet2.asr.decoder.abs_decoder import AbsDecoder
@@ -24,10 +24,12 @@ def register() -> None:
     from espnet2.tasks import asr
 
     from espnet_lowrank.decoder import LowRankTransformerDecoder
+    from espnet_lowrank.e_branchformer import LowRankEBranchformerEncoder
     from espnet_lowrank.encoder import LowRankConformerEncoder
 
     for choices, name, cls, base in (
         (asr.encoder_choices, "lowrank_conformer", LowRankConformerEncoder, AbsEncoder),
+        (asr.encoder_choices, "lowrank_e_branchformer", LowRankEBranchformerEncoder, AbsEncoder),
         (asr.decoder_choices, "lowrank_transformer", LowRankTransformerDecoder, AbsDecoder),
     ):
         assert name == name.lower(), "ESPnet lower-cases choice names"

@@ -31,7 +31,7 @@ def write_dense_config(config: Path, out: Path) -> None:
     if not uses_low_rank(values):
         raise StageError(
             f"stage 11: --lowrank_warmup_epochs needs a low-rank model, but {config} uses neither "
-            f"{' nor '.join(ours for ours, _ in DENSE_TWINS.values())}"
+            f"{' nor '.join(DENSE_TWINS)}"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".tmp")

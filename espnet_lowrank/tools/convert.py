@@ -36,7 +36,7 @@ import yaml
 
 from espnet_lowrank import budget, packing
 from espnet_lowrank.errors import InputError, one_line_errors
-from espnet_lowrank.model_config import DENSE_TWINS, appended_options, build_model, count_parameters, read_config
+from espnet_lowrank.model_config import appended_options, build_model, count_parameters, read_config
 from espnet_lowrank.surgery import factorize_state_dict
 
 
@@ -82,6 +82,10 @@ def convert(dense_config, dense_model, config, out) -> List[Dict]:
     return energy_kept(dense_state, model)
 
 
+#: What a budget converts (the groups of :mod:`espnet_lowrank.budget`): part -> (dense, low-rank) choice names
+BUDGET_TWINS = {"encoder": ("conformer", "lowrank_conformer"), "decoder": ("transformer", "lowrank_transformer")}
+
+
 def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, exclude=(),
                     multiple_of: int = 8) -> Dict:
     """Write the low-rank config whose ranks spend ``param_ratio`` of the dense model's parameters
@@ -89,7 +93,7 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     if not 0 < param_ratio < 1:
         raise InputError(f"--param_ratio {param_ratio}: the low-rank model's size relative to the dense one, in (0, 1)")
     values = read_config(dense_config)
-    for part, (ours, parent) in DENSE_TWINS.items():
+    for part, (parent, ours) in BUDGET_TWINS.items():
         if values.get(part) != parent:
             raise InputError(f"{dense_config}: {part}: {values.get(part)!r}; a budget converts a dense "
                              f"{part}: {parent} (into {ours})")
@@ -102,7 +106,7 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     ranks = budget.allocate(units, target - fixed, multiple_of)
     for part, settings in budget.lowrank_settings(units, ranks, multiple_of).items():
         values[part] = {**values[part], **settings}
-    for part, (ours, _) in DENSE_TWINS.items():
+    for part, (_, ours) in BUDGET_TWINS.items():
         values[part] = ours
     values["config"] = None  # it was the dense run's YAML
     for key in appended_options():  # so that run.sh --init_param can train on from it

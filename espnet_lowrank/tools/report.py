@@ -19,15 +19,6 @@ from typing import Dict, List, Optional, Sequence
 from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import build_model, count_parameters
 
-#: Sub-layer name fragment -> group, as the configs name them.
-GROUPS = (
-    ("encoder", "self_attn", "attention"),
-    ("encoder", "feed_forward", "feed_forward"),
-    ("encoder", "conv_module", "convolution"),
-    ("decoder", "self_attn", "self_attention"),
-    ("decoder", "src_attn", "src_attention"),
-    ("decoder", "feed_forward", "feed_forward"),
-)
 #: Block number of the encoder's convolutional subsampling (it runs before block 0).
 INPUT_LAYER_BLOCK = -1
 
@@ -58,7 +49,8 @@ def layer_rows(model) -> List[LayerRow]:
             group, block = "input_layer", INPUT_LAYER_BLOCK
         else:
             index, sub = rest.split(".", 1)
-            group = next(g for p, fragment, g in GROUPS if p == part and sub.startswith(fragment))
+            groups = model.get_submodule(part).LOWRANK_GROUPS
+            group = next(g for g, paths in groups.items() if sub in paths)
             block = int(index)
         rows.append(LayerRow(
             module=name, part=part, group=group, block=block,

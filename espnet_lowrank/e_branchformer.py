@@ -1,0 +1,116 @@
+"""``lowrank_e_branchformer``: ESPnet's E-Branchformer encoder with factorised sub-layers."""
+
+from typing import Any, Dict, List, Optional
+
+from espnet2.asr.encoder.e_branchformer_encoder import EBranchformerEncoder
+from typeguard import typechecked
+
+from espnet_lowrank._passthrough import parent_kwargs
+from espnet_lowrank.encoder import factorise_encoder
+from espnet_lowrank.guide import GuidedTraining
+from espnet_lowrank.strict_loading import CheckedStateDictLoading
+
+#: Layer groups of one E-Branchformer block, by sub-layer path. The cgMLP's
+#: depthwise convolution and its gate's optional linear stay dense: they act
+#: per channel or are small; the channel projections carry its parameters.
+E_BRANCHFORMER_GROUPS = {
+    "attention": (
+        "attn.linear_q",
+        "attn.linear_k",
+        "attn.linear_v",
+        "attn.linear_out",
+    ),
+    "feed_forward": (
+        "feed_forward.w_1",
+        "feed_forward.w_2",
+        "feed_forward_macaron.w_1",
+        "feed_forward_macaron.w_2",
+    ),
+    "cgmlp": ("cgmlp.channel_proj1.0", "cgmlp.channel_proj2"),
+    "merge": ("merge_proj",),
+}
+
+
+class LowRankEBranchformerEncoder(GuidedTraining, CheckedStateDictLoading, EBranchformerEncoder):
+    """E-Branchformer encoder whose attention, feed-forward (macaron too, with
+    ``use_ffn``), cgMLP channel projections and/or merge projection are
+    trained as ``U·V`` factors.
+
+    Takes every ``EBranchformerEncoder`` argument, plus one
+    ``lowrank_<group>`` rank mapping per group (``null`` keeps it dense) and
+    the other ``lowrank_*`` options of
+    :class:`espnet_lowrank.encoder.LowRankConformerEncoder`.
+    """
+
+    #: the ``lowrank_<group>`` options' sub-layers in each block
+    LOWRANK_GROUPS = E_BRANCHFORMER_GROUPS
+
+    @typechecked
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int = 256,
+        attention_heads: int = 4,
+        attention_layer_type: str = "rel_selfattn",
+        pos_enc_layer_type: str = "rel_pos",
+        rel_pos_type: str = "latest",
+        cgmlp_linear_units: int = 2048,
+        cgmlp_conv_kernel: int = 31,
+        use_linear_after_conv: bool = False,
+        gate_activation: str = "identity",
+        num_blocks: int = 12,
+        dropout_rate: float = 0.1,
+        positional_dropout_rate: float = 0.1,
+        attention_dropout_rate: float = 0.0,
+        input_layer: Optional[str] = "conv2d",
+        zero_triu: bool = False,
+        padding_idx: int = -1,
+        layer_drop_rate: float = 0.0,
+        max_pos_emb_len: int = 5000,
+        use_ffn: bool = False,
+        macaron_ffn: bool = False,
+        ffn_activation_type: str = "swish",
+        linear_units: int = 2048,
+        positionwise_layer_type: str = "linear",
+        merge_conv_kernel: int = 3,
+        interctc_layer_idx=None,
+        interctc_use_conditioning: bool = False,
+        qk_norm: bool = False,
+        use_flash_attn: bool = True,
+        gradient_checkpoint_layers: List[int] = [],
+        use_sdpa: bool = False,
+        lowrank_attention: Optional[Dict[str, Any]] = None,
+        lowrank_feed_forward: Optional[Dict[str, Any]] = None,
+        lowrank_cgmlp: Optional[Dict[str, Any]] = None,
+        lowrank_merge: Optional[Dict[str, Any]] = None,
+        lowrank_input_layer: Optional[Dict[str, Any]] = None,
+        lowrank_init: str = "svd",
+        lowrank_dense_init: str = "pytorch",
+        lowrank_guide: Optional[Dict[str, Any]] = None,
+        lowrank_frobenius_decay: float = 0.0,
+        lowrank_lr_scale: float = 1.0,
+    ):
+        super().__init__(
+            **parent_kwargs(
+                EBranchformerEncoder.__init__,
+                LowRankEBranchformerEncoder.__init__,
+                locals(),
+                "encoder_conf",
+            )
+        )
+        factorise_encoder(
+            self,
+            E_BRANCHFORMER_GROUPS,
+            {
+                "attention": lowrank_attention,
+                "feed_forward": lowrank_feed_forward,
+                "cgmlp": lowrank_cgmlp,
+                "merge": lowrank_merge,
+            },
+            lowrank_input_layer,
+            lowrank_init,
+            lowrank_dense_init,
+            lowrank_guide,
+            lowrank_frobenius_decay,
+            lowrank_lr_scale,
+        )
