@@ -27,8 +27,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from espnet_lowrank import machine
-from espnet_lowrank.errors import InputError, one_line_errors
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.stages.decode import decode
+from espnet_lowrank.tools import standalone_main
 
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*INFO: "
 _START = re.compile(_STAMP + r"speech length", re.M)
@@ -128,12 +129,7 @@ def run(args: argparse.Namespace) -> None:
     print(format_results(results, args.utts, args.nj, args.repeats))
 
 
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-
+main = standalone_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

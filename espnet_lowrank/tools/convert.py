@@ -26,18 +26,18 @@ factors keep.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import torch
 import yaml
 
 from espnet_lowrank import budget, packing
-from espnet_lowrank.errors import InputError, one_line_errors
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import appended_options, build_model, count_parameters, read_config
 from espnet_lowrank.surgery import factorize_state_dict
+from espnet_lowrank.tools import standalone_main
 
 
 def lowrank_options(dense_config, config) -> dict:
@@ -176,12 +176,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"packed {packing.pack_model(lowrank_options(dense_config, config), args.out, args.pack)}")
 
 
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-
+main = standalone_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

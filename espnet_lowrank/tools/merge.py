@@ -17,16 +17,17 @@ import argparse
 import copy
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict
 
 import torch
 import yaml
 
 from espnet_lowrank import packing
 from espnet_lowrank.checkpoints import atomic_save
-from espnet_lowrank.errors import InputError, one_line_errors
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, count_parameters, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.surgery import merge_low_rank
+from espnet_lowrank.tools import standalone_main
 
 #: the largest difference between the outputs of the two models that is float rounding
 TOLERANCE = 1e-4
@@ -102,12 +103,7 @@ def run(args: argparse.Namespace) -> None:
           f"{result['max_difference']:.1e}")
 
 
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-
+main = standalone_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

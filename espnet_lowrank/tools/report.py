@@ -11,13 +11,12 @@ model with every low-rank layer dense. ``--json`` prints the same for machines.
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import build_model, count_parameters
+from espnet_lowrank.tools import standalone_main
 
 #: Block number of the encoder's convolutional subsampling (it runs before block 0).
 INPUT_LAYER_BLOCK = -1
@@ -189,12 +188,7 @@ def run(args: argparse.Namespace) -> None:
         print("\n\n".join(format_report(r) for r in results))
 
 
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-
+main = standalone_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

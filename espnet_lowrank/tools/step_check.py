@@ -22,7 +22,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -30,9 +29,9 @@ import soundfile
 import torch
 
 from espnet_lowrank.data.kaldi_dir import read_table
-from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import build_model, config_args, read_token_list
 from espnet_lowrank.surgery import low_rank_layers, merge_low_rank
+from espnet_lowrank.tools import standalone_main
 
 
 def real_batches(data_dir: Path, token_list: List[str], batches: int, batch_size: int, seed: int) -> List[Dict]:
@@ -182,12 +181,7 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1) if args.json else format_result(result))
 
 
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-
+main = standalone_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
