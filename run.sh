@@ -326,7 +326,7 @@ train() {  # train CONFIG OUTPUT_DIR [asr_train options]: one resumable ESPnet t
   # --resume true: a killed run continues from ${out}/checkpoint.pth, finished epochs kept
   "${threads[@]}" "${launcher[@]}" $(asr_train_args "${config}" "${out}" "$@") "${process_args[@]}" "${extra[@]}" >> "${out}/train.log" 2>&1 || {
     kill "${progress}" 2> /dev/null || true
-    die "stage 11 failed: $(grep -E '^(ERROR|[A-Za-z.]*(Error|Exception))' "${out}/train.log" | tail -1) (see ${out}/train.log)"
+    die "stage 11 failed: $(grep -E '^(ERROR|[A-Za-z.]*(Error|Exception))|^[A-Za-z_.]+: error: ' "${out}/train.log" | tail -1) (see ${out}/train.log)"
   }
   sleep 1  # the last epoch's line reaches the console
   kill "${progress}" 2> /dev/null || true

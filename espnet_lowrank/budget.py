@@ -23,6 +23,8 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
+from espnet_lowrank.rank_mapping import break_even_rank
+
 
 def _groups() -> Dict[str, Mapping[str, Sequence[str]]]:
     """The groups the budget may factorise: the low-rank classes' own, by part."""
@@ -40,6 +42,7 @@ class Unit:
     group: str
     block: int
     full_rank: int
+    break_even: float  # the lowest of its layers' break-even ranks
     cost_per_rank: int  # Σ (d_in + d_out) over its layers
     dense_params: int  # Σ d_in · d_out over its layers
     energy: Tuple[float, ...]  # energy[r]: kept share at rank r, averaged over its layers; energy[0] = 0
@@ -57,14 +60,14 @@ def unit_from_weights(part: str, group: str, block: int, matrices: Sequence[torc
         shares.append(torch.cat([squares.new_zeros(1), squares.cumsum(0)]) / squares.sum())
     full = min(min(m.shape) for m in matrices)
     energy = torch.stack([share[: full + 1] for share in shares]).mean(0)
-    return Unit(part, group, block, full, sum(sum(m.shape) for m in matrices),
+    return Unit(part, group, block, full, min(break_even_rank(m.shape[1], m.shape[0]) for m in matrices),
+                sum(sum(m.shape) for m in matrices),
                 sum(m.shape[0] * m.shape[1] for m in matrices), tuple(energy.tolist()))
 
 
 def max_rank(unit: Unit, multiple_of: int) -> int:
-    """The largest multiple of ``multiple_of`` at or below the unit's break-even rank."""
-    even = unit.dense_params / unit.cost_per_rank  # Σ d_in·d_out / Σ (d_in + d_out)
-    return min(unit.full_rank, int(even // multiple_of) * multiple_of)
+    """The largest multiple of ``multiple_of`` at or below the break-even rank of each of its layers."""
+    return min(unit.full_rank, int(unit.break_even // multiple_of) * multiple_of)
 
 
 def allocate(units: Sequence[Unit], budget: int, multiple_of: int = 8) -> Dict[str, int]:

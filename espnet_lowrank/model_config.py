@@ -89,6 +89,15 @@ def appended_options() -> frozenset:
     return frozenset(action.dest for action in parser._actions if isinstance(action, argparse._AppendAction))
 
 
+def training_options(values: Mapping[str, Any]) -> dict:
+    """A config's options as a training YAML may give them: the saved bookkeeping asr_train refuses
+    from a file (``required``, ``version``) and the options it appends to (:func:`appended_options`)
+    left out."""
+    parser = asr_task().get_parser()
+    known = {action.dest for action in parser._actions if action.option_strings}
+    return {key: value for key, value in values.items() if key in known and key not in appended_options()}
+
+
 #: Keys ESPnet's ``AbsTask.main`` adds to the ``config.yaml`` it saves, which are not options.
 SAVED_BY_ESPNET = frozenset({"version", "distributed"})
 

@@ -10,6 +10,8 @@ import yaml
 
 from espnet_lowrank import budget
 from espnet_lowrank.model_config import build_model, count_parameters, read_config
+from espnet_lowrank.rank_mapping import break_even_rank
+from espnet_lowrank.surgery import low_rank_layers
 from espnet_lowrank.tools.convert import budgeted_config, convert
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -57,11 +59,22 @@ def test_greedy_is_within_one_step_of_the_brute_force_optimum(dense_run, share):
     assert best - largest_step <= _energy(units, ranks) <= best + 1e-12
 
 
-def test_every_rank_stays_at_or_below_break_even(dense_run):
+def lowrank_settings_config(dense_run, units, ranks, tmp_path):
+    values = read_config(dense_run["config"])
+    for part, settings in budget.lowrank_settings(units, ranks, 2).items():
+        values[part] = {**values[part], **settings}
+    values["encoder"], values["decoder"] = "lowrank_conformer", "lowrank_transformer"
+    (tmp_path / "capped.yaml").write_text(yaml.safe_dump(values))
+    return tmp_path / "capped.yaml"
+
+
+def test_every_rank_stays_at_or_below_break_even(dense_run, tmp_path):
     units = budget.budget_units(dense_run["model"], dense_run["state"])
     ranks = budget.allocate(units, 10**9, multiple_of=2)  # money no object: every unit at its cap
-    for unit in units:
-        assert ranks[unit.name] * unit.cost_per_rank <= unit.dense_params, unit.name
+    config = lowrank_settings_config(dense_run, units, ranks, tmp_path)
+    for name, layer in low_rank_layers(build_model(config)):  # each layer, not only each group in sum
+        assert layer.rank <= break_even_rank(layer.in_features, layer.out_features), name
+    assert max(ranks.values()) > 2
 
 
 @pytest.mark.parametrize("ratio", [0.6, 0.75, 0.9])

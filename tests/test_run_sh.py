@@ -350,7 +350,7 @@ def test_bring_your_own_data_dir_enters_at_stage_2(pipeline):
 
 
 @pytest.mark.slow
-def test_a_budget_converted_model_fine_tunes_from_its_weights(pipeline, tmp_path):
+def test_a_budget_converted_model_fine_tunes_from_its_weights(pipeline, tmp_path, monkeypatch):
     """Dense twin -> convert --param_ratio -> run.sh --init_param: training starts at the converted weights."""
     import torch
 
@@ -363,6 +363,7 @@ def test_a_budget_converted_model_fine_tunes_from_its_weights(pipeline, tmp_path
         "--stop_stage", "11")
     dense = recipe / "exp" / "asr_dense_twin"
     converted = tmp_path / "converted"
+    monkeypatch.chdir(recipe)  # the saved config's paths are the recipe's
     convert.main(["--dense_config", str(dense / "config.yaml"), "--dense_model", str(dense / "1epoch.pth"),
                   "--param_ratio", "0.8", "--multiple_of", "2", "--out", str(converted / "model.pth")])
     result = run(recipe, *common, "--asr_config", str(converted / "config.yaml"),

@@ -35,7 +35,7 @@ import yaml
 
 from espnet_lowrank import budget, packing
 from espnet_lowrank.errors import InputError
-from espnet_lowrank.model_config import appended_options, build_model, count_parameters, read_config
+from espnet_lowrank.model_config import build_model, count_parameters, read_config, training_options
 from espnet_lowrank.surgery import factorize_state_dict
 from espnet_lowrank.tools import standalone_main
 
@@ -108,9 +108,8 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
         values[part] = {**values[part], **settings}
     for part, (_, ours) in BUDGET_TWINS.items():
         values[part] = ours
-    values["config"] = None  # it was the dense run's YAML
-    for key in appended_options():  # so that run.sh --init_param can train on from it
-        values.pop(key, None)
+    values.pop("config", None)  # it was the dense run's YAML
+    values = training_options(values)  # so that run.sh --init_param can train on from it
     out_config = Path(out_config)
     out_config.parent.mkdir(parents=True, exist_ok=True)
     out_config.write_text(yaml.safe_dump(values, sort_keys=False))
