@@ -94,8 +94,8 @@ def training_options(values: Mapping[str, Any]) -> dict:
     from a file (``required``, ``version``) and the options it appends to (:func:`appended_options`)
     left out."""
     parser = asr_task().get_parser()
-    known = {action.dest for action in parser._actions if action.option_strings}
-    return {key: value for key, value in values.items() if key in known and key not in appended_options()}
+    known = {action.dest for action in parser._actions if action.option_strings} - appended_options()
+    return {key: value for key, value in values.items() if key in known}
 
 
 #: Keys ESPnet's ``AbsTask.main`` adds to the ``config.yaml`` it saves, which are not options.
