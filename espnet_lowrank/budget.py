@@ -107,16 +107,19 @@ def allocate(units: Sequence[Unit], budget: int, multiple_of: int = 8) -> Dict[s
 def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor],
                  exclude: Sequence[str] = ()) -> List[Unit]:
     """Every factorisable group of every block of a dense Conformer/Transformer ASR model, from its
-    trained weights; ``exclude`` names groups to keep dense (``encoder.convolution``)."""
+    trained weights; ``exclude`` names what stays dense: groups (``encoder.convolution``) or whole
+    blocks, by their module path (``encoder.encoders.0``)."""
     from espnet_lowrank.surgery import _get_submodule_or_none, _low_rank_class
 
     groups = _groups()
-    known = [f"{part}.{group}" for part, part_groups in groups.items() for group in part_groups]
-    for name in exclude:
-        if name not in known:
-            raise ValueError(f"--exclude {name} is not a layer group; choose from {', '.join(known)}")
     blocks = {"encoder": ("encoder.encoders", dense_model.encoder.encoders),
               "decoder": ("decoder.decoders", dense_model.decoder.decoders)}
+    known = [f"{part}.{group}" for part, part_groups in groups.items() for group in part_groups]
+    known_blocks = [f"{prefix}.{index}" for prefix, modules in blocks.values() for index in range(len(modules))]
+    for name in exclude:
+        if name not in known and name not in known_blocks:
+            raise ValueError(f"--exclude {name} is neither a layer group ({', '.join(known)}) nor a block "
+                             f"({known_blocks[0]} ... {known_blocks[-1]})")
     units = []
     for part, part_groups in groups.items():
         prefix, modules = blocks[part]
@@ -124,6 +127,8 @@ def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor]
             if f"{part}.{group}" in exclude:
                 continue
             for index, block in enumerate(modules):
+                if f"{prefix}.{index}" in exclude:
+                    continue
                 matrices = [
                     _low_rank_class(layer, f"{prefix}.{index}.{path}")._weight_as_matrix(
                         dense_state[f"{prefix}.{index}.{path}.weight"])
@@ -134,14 +139,17 @@ def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor]
     return units
 
 
-def lowrank_settings(units: Sequence[Unit], ranks: Mapping[str, int], multiple_of: int) -> Dict[str, dict]:
-    """``{"encoder_conf": {"lowrank_attention": {mapping: explicit, ratios: [...]}}, ...}``."""
+def lowrank_settings(units: Sequence[Unit], ranks: Mapping[str, int], multiple_of: int,
+                     num_blocks: Mapping[str, int]) -> Dict[str, dict]:
+    """``{"encoder_conf": {"lowrank_attention": {mapping: explicit, ratios: [...]}}, ...}``; a block
+    without a unit in a group (excluded) gets ``null``, which keeps it dense."""
     settings: Dict[str, dict] = {}
     for unit in units:
         conf = settings.setdefault(f"{unit.part}_conf", {})
-        mapping = conf.setdefault(f"lowrank_{unit.group}", {"mapping": "explicit", "ratios": [],
+        mapping = conf.setdefault(f"lowrank_{unit.group}", {"mapping": "explicit",
+                                                             "ratios": [None] * num_blocks[unit.part],
                                                              "multiple_of": multiple_of})
-        mapping["ratios"].append(ranks[unit.name] / unit.full_rank)
+        mapping["ratios"][unit.block] = ranks[unit.name] / unit.full_rank
     return settings
 
 

@@ -12,7 +12,7 @@ YAML form (one per layer group)::
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Dict, List, Mapping, Sequence, Type
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Type
 
 
 def break_even_rank(d_in: int, d_out: int) -> float:
@@ -46,8 +46,8 @@ class RankMapping(ABC):
         self.multiple_of = multiple_of
 
     @abstractmethod
-    def ratios(self, num_blocks: int) -> List[float]:
-        """The ratio of every block, first to last."""
+    def ratios(self, num_blocks: int) -> List[Optional[float]]:
+        """The ratio of every block, first to last (``None``: that block stays dense)."""
 
 
 class ConstantMapping(RankMapping):
@@ -78,15 +78,18 @@ class LinearMapping(RankMapping):
 
 
 class ExplicitMapping(RankMapping):
-    """One ratio per block, written out."""
+    """One ratio per block, written out; ``null`` keeps that block's group
+    dense (a budget that spares the first block, say)."""
 
-    def __init__(self, key: str, ratios: Sequence[float], multiple_of: int = 1):
+    def __init__(self, key: str, ratios: Sequence[Optional[float]], multiple_of: int = 1):
         super().__init__(key, multiple_of)
         if isinstance(ratios, (str, bytes)) or not isinstance(ratios, Sequence):
             raise ValueError(f"{key}.ratios={ratios!r}: must be a list with one ratio per block")
-        self.values = [_check_ratio(r, f"{key}.ratios[{i}]") for i, r in enumerate(ratios)]
+        self.values = [None if r is None else _check_ratio(r, f"{key}.ratios[{i}]") for i, r in enumerate(ratios)]
+        if all(value is None for value in self.values):
+            raise ValueError(f"{key}.ratios={ratios!r} keeps every block dense: set {key} to null instead")
 
-    def ratios(self, num_blocks: int) -> List[float]:
+    def ratios(self, num_blocks: int) -> List[Optional[float]]:
         if len(self.values) != num_blocks:
             raise ValueError(
                 f"{self.key}.ratios has {len(self.values)} entries but the model has "

@@ -83,6 +83,8 @@ def factorize_blocks(
         ratios = mapping.ratios(len(blocks))
         found = 0
         for index, block in enumerate(blocks):
+            if ratios[index] is None:
+                continue  # an explicit mapping keeps this block dense
             for path in groups[group]:
                 dense = _get_submodule_or_none(block, path)
                 if dense is None:

@@ -61,7 +61,9 @@ def test_greedy_is_within_one_step_of_the_brute_force_optimum(dense_run, share):
 
 def lowrank_settings_config(dense_run, units, ranks, tmp_path):
     values = read_config(dense_run["config"])
-    for part, settings in budget.lowrank_settings(units, ranks, 2).items():
+    num_blocks = {"encoder": len(dense_run["model"].encoder.encoders),
+                  "decoder": len(dense_run["model"].decoder.decoders)}
+    for part, settings in budget.lowrank_settings(units, ranks, 2, num_blocks).items():
         values[part] = {**values[part], **settings}
     values["encoder"], values["decoder"] = "lowrank_conformer", "lowrank_transformer"
     (tmp_path / "capped.yaml").write_text(yaml.safe_dump(values))
@@ -97,10 +99,38 @@ def test_excluded_groups_stay_dense(dense_run, tmp_path):
     assert "lowrank_src_attention" not in values["decoder_conf"] and "lowrank_attention" in values["encoder_conf"]
 
 
+def test_an_excluded_block_stays_dense_and_the_report_reads_the_result(dense_run, tmp_path):
+    """The example of "keep the first block dense": explicit mappings say null for it."""
+    from espnet_lowrank.tools.report import format_report, report
+
+    result = budgeted_config(dense_run["config"], dense_run["weights"], 0.8, tmp_path / "lr" / "config.yaml",
+                             exclude=["encoder.encoders.0", "decoder.src_attention"], multiple_of=2)
+    values = read_config(tmp_path / "lr" / "config.yaml")
+    assert all(mapping["ratios"][0] is None and None not in mapping["ratios"][1:]
+               for key, mapping in values["encoder_conf"].items() if key.startswith("lowrank_") and mapping)
+    lowrank = build_model(tmp_path / "lr" / "config.yaml")
+    assert count_parameters(lowrank) == result["params"]
+    assert abs(result["params"] / count_parameters(dense_run["model"]) - 0.8) <= 0.01
+    factorised = [name for name, _ in low_rank_layers(lowrank)]
+    assert not [name for name in factorised if name.startswith("encoder.encoders.0.")]
+    assert [name for name in factorised if name.startswith("encoder.encoders.1.")]
+    convert(dense_run["config"], dense_run["weights"], tmp_path / "lr" / "config.yaml", tmp_path / "lr" / "model.pth")
+    state = torch.load(tmp_path / "lr" / "model.pth")
+    lowrank.load_state_dict(state, strict=True)
+    name = "encoder.encoders.0.self_attn.linear_q.weight"  # copied as it was
+    assert torch.equal(state[name], dense_run["state"][name])
+    shown = report(tmp_path / "lr" / "config.yaml")
+    assert shown["totals"]["params"] == result["params"]
+    assert {row["block"] for row in shown["layers"] if row["part"] == "encoder"} == \
+        set(range(1, len(dense_run["model"].encoder.encoders)))
+    assert "encoder.encoders.1.self_attn.linear_q" in format_report(shown)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"param_ratio": 0.05}, "ask for a larger --param_ratio"),
     ({"param_ratio": 1.0}, r"--param_ratio 1.0: .* in \(0, 1\)"),
-    ({"param_ratio": 0.8, "exclude": ["encoder.attn"]}, "--exclude encoder.attn is not a layer group"),
+    ({"param_ratio": 0.8, "exclude": ["encoder.attn"]}, "--exclude encoder.attn is neither a layer group"),
+    ({"param_ratio": 0.8, "exclude": ["encoder.encoders.9"]}, r"nor a block \(encoder.encoders.0 ... "),
 ])
 def test_bad_budgets_are_named(dense_run, tmp_path, kwargs, message):
     with pytest.raises(Exception, match=message):

@@ -20,6 +20,7 @@ def test_constant_and_explicit_mappings():
     assert build_rank_mapping({"mapping": "constant", "ratio": 0.3}, "k").ratios(3) == [0.3] * 3
     explicit = build_rank_mapping({"mapping": "explicit", "ratios": [1, 0.5, 0.25]}, "k")
     assert explicit.ratios(3) == [1.0, 0.5, 0.25]
+    assert build_rank_mapping({"mapping": "explicit", "ratios": [None, 0.5]}, "k").ratios(2) == [None, 0.5]
 
 
 def test_ratio_is_relative_to_the_smaller_dimension():
@@ -51,6 +52,7 @@ def test_break_even_rank():
         ({"mapping": "constant", "ratio": "half"}, r"enc.lowrank_attention.ratio='half'"),
         ({"mapping": "linear", "start": 0.5, "end": -0.1}, r"enc.lowrank_attention.end=-0.1"),
         ({"mapping": "explicit", "ratios": [0.5, 2]}, r"enc.lowrank_attention.ratios\[1\]=2"),
+        ({"mapping": "explicit", "ratios": [None, None]}, r"keeps every block dense: set enc.lowrank_attention to null"),
         ({"mapping": "cubic", "ratio": 0.5}, r"enc.lowrank_attention.mapping='cubic'"),
         ({"ratio": 0.5}, r"enc.lowrank_attention.mapping=None"),
         ({"mapping": "constant", "ratio": 0.5, "strat": 1}, r"enc.lowrank_attention.strat"),

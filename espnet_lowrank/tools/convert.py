@@ -10,7 +10,7 @@ each weight's spectral energy as possible (:mod:`espnet_lowrank.budget`;
 written to ``--out_config``, with the ranks printed per group and block):
 
     espnet-lowrank convert --dense_config exp/dense/config.yaml --dense_model exp/dense/valid.acc.ave.pth \\
-        --param_ratio 0.5 --exclude encoder.convolution --out exp/half/model.pth
+        --param_ratio 0.5 --exclude encoder.convolution encoder.encoders.0 --out exp/half/model.pth
 
 Options the low-rank YAML leaves out (token list, feature
 normalisation, ...) come from the dense run's saved ``config.yaml``, as they
@@ -104,7 +104,8 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     fixed = dense_params - sum(unit.dense_params for unit in units)
     target = round(param_ratio * dense_params)
     ranks = budget.allocate(units, target - fixed, multiple_of)
-    for part, settings in budget.lowrank_settings(units, ranks, multiple_of).items():
+    num_blocks = {"encoder": len(model.encoder.encoders), "decoder": len(model.decoder.decoders)}
+    for part, settings in budget.lowrank_settings(units, ranks, multiple_of, num_blocks).items():
         values[part] = {**values[part], **settings}
     for part, (_, ours) in BUDGET_TWINS.items():
         values[part] = ours
@@ -146,8 +147,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ranks = parser.add_mutually_exclusive_group(required=True)
     ranks.add_argument("--config", help="the low-rank training YAML (ranks, groups)")
     ranks.add_argument("--param_ratio", type=float, help="instead: ranks for this share of the dense parameters")
-    parser.add_argument("--exclude", nargs="*", default=[], help="with --param_ratio: groups kept dense, "
-                        "e.g. encoder.convolution decoder.src_attention")
+    parser.add_argument("--exclude", nargs="*", default=[], help="with --param_ratio: groups or blocks kept dense, "
+                        "e.g. encoder.convolution decoder.src_attention encoder.encoders.0")
     parser.add_argument("--multiple_of", type=int, default=8, help="with --param_ratio: ranks are multiples of it")
     parser.add_argument("--out_config", help="with --param_ratio: where the low-rank config goes "
                         "(default: beside --out, as config.yaml)")
