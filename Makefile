@@ -34,7 +34,7 @@ demo: venv
 
 # Everything, the slow end-to-end runs included (what CI runs).
 test: venv
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q --durations=15 tests
 
 # The default development loop: skips tests marked slow.
 test-fast: venv

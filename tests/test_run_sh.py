@@ -350,31 +350,55 @@ def test_bring_your_own_data_dir_enters_at_stage_2(pipeline):
 
 
 @pytest.mark.slow
-def test_a_budget_converted_model_fine_tunes_from_its_weights(pipeline, tmp_path, monkeypatch):
-    """Dense twin -> convert --param_ratio -> run.sh --init_param: training starts at the converted weights."""
+def test_budget_study_converts_fine_tunes_from_the_converted_weights_merges_and_tabulates(pipeline, tmp_path,
+                                                                                          monkeypatch):
+    """Dense twin -> budget_study: convert --param_ratio, decode, run.sh --init_param, decode, merge, decode."""
     import torch
 
-    from espnet_lowrank.tools import convert
+    from espnet_lowrank.tools import budget_study
 
     recipe = pipeline["recipe"]
-    common = [*TINY, "--stage", "11", "--stop_stage", "12", "--speed_perturb_factors", "0.9 1.0 1.1",
-              "--asr_args", "--max_epoch 1 --batch_size 8 --batch_type unsorted"]
-    run(recipe, *common, "--asr_config", str(ROOT / "tests" / "conf" / "tiny_dense.yaml"), "--asr_tag", "dense_twin",
-        "--stop_stage", "11")
-    dense = recipe / "exp" / "asr_dense_twin"
-    converted = tmp_path / "converted"
-    monkeypatch.chdir(recipe)  # the saved config's paths are the recipe's
-    convert.main(["--dense_config", str(dense / "config.yaml"), "--dense_model", str(dense / "1epoch.pth"),
-                  "--param_ratio", "0.8", "--multiple_of", "2", "--out", str(converted / "model.pth")])
-    result = run(recipe, *common, "--asr_config", str(converted / "config.yaml"),
-                 "--init_param", str(converted / "model.pth"), "--asr_tag", "fine_tuned")
-    tuned = recipe / "exp" / "asr_fine_tuned"
-    assert (tuned / ".done").exists() and (tuned / "decode_decode_asr_cpu_valid.acc.ave" / "test" / "text").exists()
+    data = ["--embedded_size", "tiny", "--token_type", "bpe", "--nbpe", "40", "--speed_perturb_factors", "0.9 1.0 1.1",
+            "--inference_nj", "1"]
+    run(recipe, *data, "--stage", "11", "--stop_stage", "11",
+        "--asr_config", str(ROOT / "tests" / "conf" / "tiny_dense.yaml"), "--asr_tag", "dense_twin",
+        "--asr_args", "--max_epoch 1 --batch_size 8 --batch_type unsorted")
+    monkeypatch.chdir(recipe)  # the tool moves there; this puts the test's cwd back afterwards
+    out = tmp_path / "results" / "budget"
+    arguments = ["--recipe_dir", str(recipe), "--dense_tag", "dense_twin", "--ratios", "0.8", "--fine_tune_epochs",
+                 "1", "--multiple_of", "2", "--inference_nj", "1", "--out", str(out),
+                 "--", *data, "--asr_args", "--max_epoch 5 --batch_size 8 --batch_type unsorted"]
+    budget_study.main(arguments)
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [row["name"] for row in rows] == ["dense", "convert 0.80", "convert 0.80 + 1 epochs",
+                                             "convert 0.80 + 1 epochs, merged"]
+    dense, converted, tuned, merged = rows
+    assert abs(converted["params"] / dense["params"] - 0.8) <= 0.01 and tuned["params"] == converted["params"]
+    assert merged["params"] == dense["params"] and (merged["wer"], merged["cer"]) == (tuned["wer"], tuned["cer"])
+    assert tuned["fine_tune_seconds"] > 0 and all(row["decode_seconds"] > 0 for row in rows)
+    table = out.with_suffix(".md").read_text()
+    assert table.startswith("```bash\npython -m espnet_lowrank.tools.budget_study --recipe_dir")
+    assert len([line for line in table.splitlines() if line.startswith("| convert")]) == 3
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # the fine-tuning ran 1 epoch (the tool's --max_epoch wins), from the converted weights
+    converted_dir = recipe / "exp" / "budget_dense_twin" / "r0.80"
+    tuned_dir = recipe / "exp" / "asr_dense_twin_budget0.80_ft1"
+    assert (tuned_dir / "1epoch.pth").exists() and not (tuned_dir / "2epoch.pth").exists()
     name = "encoder.encoders.0.self_attn.linear_q"
-    start, after = torch.load(converted / "model.pth"), torch.load(tuned / "1epoch.pth")
+    start, after = torch.load(converted_dir / "model.pth"), torch.load(tuned_dir / "1epoch.pth")
     moved = (after[f"{name}.U"] @ after[f"{name}.V"] - start[f"{name}.U"] @ start[f"{name}.V"]).norm()
-    assert moved < 0.5 * (start[f"{name}.U"] @ start[f"{name}.V"]).norm()  # one epoch on, not a fresh start
-    assert "stage 11: already done" not in result.stderr
+    assert 0 < moved < 0.5 * (start[f"{name}.U"] @ start[f"{name}.V"]).norm()  # one epoch on, not a fresh start
+    # finished steps are reused: a second call decodes nothing again
+    budget_study.main(arguments)
+    assert json.loads(out.with_suffix(".json").read_text()) == rows
+
+
+def test_budget_study_names_a_missing_dense_run(tmp_path, monkeypatch):
+    from espnet_lowrank.tools import budget_study
+
+    monkeypatch.chdir(tmp_path)  # the tool moves into the recipe dir; this moves the test back afterwards
+    with pytest.raises(SystemExit, match=r"exp/asr_nope/config.yaml does not exist: train the dense model first"):
+        budget_study.main(["--recipe_dir", str(tmp_path), "--dense_tag", "nope", "--out", str(tmp_path / "b")])
 
 
 def test_a_saved_config_yaml_is_refused_as_a_training_config(tmp_path):

@@ -142,14 +142,19 @@ def summarise(recipe: Path, entry: Entry, tag: str, seed: int, test_set: str) ->
     )
 
 
-def with_seed(options: Sequence[str], seed: int) -> List[str]:
-    """run.sh options that also give ESPnet ``--seed``."""
+def with_asr_args(options: Sequence[str], extra: str) -> List[str]:
+    """run.sh options whose ``--asr_args`` also carry ``extra`` (last, so they win)."""
     options = list(options)
     if "--asr_args" in options:
         index = options.index("--asr_args") + 1
-        options[index] = f"{options[index]} --seed {seed}"
+        options[index] = f"{options[index]} {extra}"
         return options
-    return [*options, "--asr_args", f"--seed {seed}"]
+    return [*options, "--asr_args", extra]
+
+
+def with_seed(options: Sequence[str], seed: int) -> List[str]:
+    """run.sh options that also give ESPnet ``--seed``."""
+    return with_asr_args(options, f"--seed {seed}")
 
 
 def _values(runs: Sequence[Run], name: str) -> str:
