@@ -6,19 +6,23 @@ the trained weights' spectra as it can.
 
 The unit is one layer group in one block (say the encoder's attention in
 block 3): its layers share one ratio, as the configs' explicit mappings say.
-Each ``multiple_of`` more rank costs the unit ``multiple_of · Σ(d_in + d_out)``
-parameters and keeps the next singular values' energy (σ², each layer's
-counted as a share of its own total, so every layer weighs the same).
-Singular values only fall, so each unit's gains per step fall too: taking
-the best gain per parameter first is the greedy solution of a knapsack with
-concave values, within one step of the optimum (tested against brute
-force). Ranks stay at or below break-even, where U·V stops being smaller
-than the dense weight.
+Its choices are the multiples of ``multiple_of`` below break-even (rank r
+costs ``r · Σ(d_in + d_out)`` parameters and keeps the energy σ² of its
+first r singular values, each layer's counted as a share of its own total,
+so every layer weighs the same) and, last, staying dense: every parameter,
+all the energy. At break-even U·V costs what the dense weight does while
+keeping less, so a unit worth that much stays dense instead. Taking the
+steepest climb in energy per parameter first, where a climb may skip to any
+later choice of the unit (the next corner of its concave hull: the dense
+choice often lies far above the line of the ranks before it), is the greedy
+solution of this knapsack, within about one climb of the optimum (tested
+against brute force); where a climb does not fit, the unit's next single
+choice may.
 """
 
 import heapq
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -65,43 +69,65 @@ def unit_from_weights(part: str, group: str, block: int, matrices: Sequence[torc
                 sum(m.shape[0] * m.shape[1] for m in matrices), tuple(energy.tolist()))
 
 
-def max_rank(unit: Unit, multiple_of: int) -> int:
-    """The largest multiple of ``multiple_of`` at or below the break-even rank of each of its layers."""
-    return min(unit.full_rank, int(unit.break_even // multiple_of) * multiple_of)
+def choices(unit: Unit, multiple_of: int) -> List[Tuple[int, int, float]]:
+    """``(rank, parameters, energy kept)`` of each choice of ``unit``, cheapest first: the multiples of
+    ``multiple_of`` below every one of its layers' break-even ranks, then dense (its full rank)."""
+    ranks = range(multiple_of, unit.full_rank, multiple_of)
+    factorised = [(rank, rank * unit.cost_per_rank, unit.energy[rank]) for rank in ranks if rank < unit.break_even]
+    return [*factorised, (unit.full_rank, unit.dense_params, 1.0)]
+
+
+def unit_params(unit: Unit, rank: int) -> int:
+    """What ``unit`` costs at ``rank`` (its full rank: dense)."""
+    return unit.dense_params if rank == unit.full_rank else rank * unit.cost_per_rank
+
+
+def steepest_climb(options: Sequence[Tuple[int, int, float]], here: int, single: bool = False) -> Optional[int]:
+    """The choice after ``here`` with the most energy gained per parameter spent (the nearest on
+    ties); with ``single``, just the next one."""
+    if here + 1 >= len(options):
+        return None
+    if single:
+        return here + 1
+    _, cost, energy = options[here]
+    return max(range(here + 1, len(options)),
+               key=lambda k: ((options[k][2] - energy) / (options[k][1] - cost), -k))
 
 
 def allocate(units: Sequence[Unit], budget: int, multiple_of: int = 8) -> Dict[str, int]:
-    """Rank per unit name: at least ``multiple_of`` each, Σ rank · cost_per_rank ≤ ``budget``,
-    energy kept as high as greedy steps of ``multiple_of`` reach."""
-    ranks = {unit.name: multiple_of for unit in units}
-    for unit in units:
-        if max_rank(unit, multiple_of) < multiple_of:
-            raise ValueError(f"{unit.name}: its break-even rank is below multiple_of={multiple_of}")
-    spent = sum(multiple_of * unit.cost_per_rank for unit in units)
+    """Rank per unit name (its full rank where it stays dense): Σ parameters ≤ ``budget``, every unit
+    at least at its cheapest choice, energy kept as high as the greedy climbs reach."""
+    options = {unit.name: choices(unit, multiple_of) for unit in units}
+    position = {unit.name: 0 for unit in units}
+    spent = sum(options[unit.name][0][1] for unit in units)
     if spent > budget:
         raise ValueError(f"the budget leaves {budget:,} parameters for the factorised layers, but rank "
                          f"{multiple_of} everywhere already needs {spent:,}: ask for a larger --param_ratio")
 
-    def step(unit: Unit):
-        rank = ranks[unit.name]
-        if rank + multiple_of > max_rank(unit, multiple_of):
+    def climb(unit: Unit, single: bool = False):
+        mine, here = options[unit.name], position[unit.name]
+        there = steepest_climb(mine, here, single)
+        if there is None:
             return None
-        gain = unit.energy[rank + multiple_of] - unit.energy[rank]
-        return (-gain / (multiple_of * unit.cost_per_rank), unit.name, unit)
+        slope = (mine[there][2] - mine[here][2]) / (mine[there][1] - mine[here][1])
+        return (-slope, unit.name, there, unit)
 
-    heap = [entry for entry in map(step, units) if entry is not None]
+    heap = [entry for entry in map(climb, units) if entry is not None]
     heapq.heapify(heap)
     while heap:
-        _, _, unit = heapq.heappop(heap)
-        cost = multiple_of * unit.cost_per_rank
+        _, name, there, unit = heapq.heappop(heap)
+        cost = options[name][there][1] - options[name][position[name]][1]
         if spent + cost > budget:
-            continue  # this unit's next step does not fit; a cheaper one elsewhere may
-        ranks[unit.name] += multiple_of
+            if there > position[name] + 1:  # the whole climb does not fit; its first step may
+                entry = climb(unit, single=True)
+                heapq.heappush(heap, entry)
+            continue
+        position[name] = there
         spent += cost
-        entry = step(unit)
+        entry = climb(unit)
         if entry is not None:
             heapq.heappush(heap, entry)
-    return ranks
+    return {name: options[name][index][0] for name, index in position.items()}
 
 
 def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor],
@@ -142,16 +168,22 @@ def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor]
 def lowrank_settings(units: Sequence[Unit], ranks: Mapping[str, int], multiple_of: int,
                      num_blocks: Mapping[str, int]) -> Dict[str, dict]:
     """``{"encoder_conf": {"lowrank_attention": {mapping: explicit, ratios: [...]}}, ...}``; a block
-    without a unit in a group (excluded) gets ``null``, which keeps it dense."""
+    that stays dense in a group (excluded, or worth its full size) gets ``null``, a group dense in
+    every block no mapping."""
     settings: Dict[str, dict] = {}
     for unit in units:
         conf = settings.setdefault(f"{unit.part}_conf", {})
         mapping = conf.setdefault(f"lowrank_{unit.group}", {"mapping": "explicit",
                                                              "ratios": [None] * num_blocks[unit.part],
                                                              "multiple_of": multiple_of})
-        mapping["ratios"][unit.block] = ranks[unit.name] / unit.full_rank
-    return settings
+        if ranks[unit.name] < unit.full_rank:
+            mapping["ratios"][unit.block] = ranks[unit.name] / unit.full_rank
+    for conf in settings.values():
+        for group in [group for group, mapping in conf.items() if set(mapping["ratios"]) == {None}]:
+            del conf[group]
+    return {part: conf for part, conf in settings.items() if conf}
 
 
 def factorised_params(units: Sequence[Unit], ranks: Mapping[str, int]) -> int:
-    return sum(ranks[unit.name] * unit.cost_per_rank for unit in units)
+    """What the budgeted units cost, the dense ones included."""
+    return sum(unit_params(unit, ranks[unit.name]) for unit in units)

@@ -36,27 +36,34 @@ def dense_run(tmp_path):
 
 
 def _energy(units, ranks):
-    return sum(unit.energy[ranks[unit.name]] for unit in units)
+    return sum(1.0 if ranks[u.name] == u.full_rank else u.energy[ranks[u.name]] for u in units)
 
 
 @pytest.mark.parametrize("share", [0.3, 0.5, 0.8])
-def test_greedy_is_within_one_step_of_the_brute_force_optimum(dense_run, share):
+def test_greedy_is_within_one_climb_of_the_brute_force_optimum(dense_run, share):
     units = budget.budget_units(dense_run["model"], dense_run["state"])[-3:]  # the decoder's groups
     multiple_of = 4
-    choices = [range(multiple_of, budget.max_rank(unit, multiple_of) + 1, multiple_of) for unit in units]
-    most = sum(max(c) * unit.cost_per_rank for c, unit in zip(choices, units))
-    least = sum(multiple_of * unit.cost_per_rank for unit in units)
+    options = [budget.choices(unit, multiple_of) for unit in units]
+    most = sum(o[-1][1] for o in options)
+    least = sum(o[0][1] for o in options)
     limit = int(least + share * (most - least))
-    best = max(
-        (_energy(units, dict(zip((u.name for u in units), combo))), combo)
-        for combo in itertools.product(*choices)
-        if sum(r * u.cost_per_rank for r, u in zip(combo, units)) <= limit
-    )[0]
+    best = max(sum(energy for _, _, energy in combo) for combo in itertools.product(*options)
+               if sum(cost for _, cost, _ in combo) <= limit)
     ranks = budget.allocate(units, limit, multiple_of)
     assert budget.factorised_params(units, ranks) <= limit
-    largest_step = max(u.energy[r + multiple_of] - u.energy[r] for u in units
-                       for r in range(multiple_of, budget.max_rank(u, multiple_of), multiple_of))
-    assert best - largest_step <= _energy(units, ranks) <= best + 1e-12
+    largest_climb = max(o[budget.steepest_climb(o, here)][2] - o[here][2]
+                        for o in options for here in range(len(o) - 1))
+    assert best - largest_climb <= _energy(units, ranks) <= best + 1e-12
+
+
+def test_a_unit_worth_break_even_stays_dense():
+    """At break-even U·V costs what the dense weight does and keeps less of it."""
+    flat = budget.Unit("encoder", "attention", 0, full_rank=16, break_even=8.0, cost_per_rank=32,
+                       dense_params=256, energy=tuple(r / 16 for r in range(17)))
+    assert [rank for rank, _, _ in budget.choices(flat, 2)] == [2, 4, 6, 16]  # 8 would cost 256 too
+    # a flat spectrum: dense keeps 1.0 for 256, rank 6 only 0.375 for 192
+    assert budget.allocate([flat], 256, multiple_of=2) == {flat.name: 16}
+    assert budget.allocate([flat], 255, multiple_of=2) == {flat.name: 6}
 
 
 def lowrank_settings_config(dense_run, units, ranks, tmp_path):
@@ -70,13 +77,20 @@ def lowrank_settings_config(dense_run, units, ranks, tmp_path):
     return tmp_path / "capped.yaml"
 
 
-def test_every_rank_stays_at_or_below_break_even(dense_run, tmp_path):
+def test_every_factorised_rank_stays_below_break_even(dense_run, tmp_path):
     units = budget.budget_units(dense_run["model"], dense_run["state"])
-    ranks = budget.allocate(units, 10**9, multiple_of=2)  # money no object: every unit at its cap
-    config = lowrank_settings_config(dense_run, units, ranks, tmp_path)
-    for name, layer in low_rank_layers(build_model(config)):  # each layer, not only each group in sum
-        assert layer.rank <= break_even_rank(layer.in_features, layer.out_features), name
-    assert max(ranks.values()) > 2
+    for share in (0.5, 0.8):
+        dense = sum(unit.dense_params for unit in units)
+        ranks = budget.allocate(units, int(share * dense), multiple_of=2)
+        config = lowrank_settings_config(dense_run, units, ranks, tmp_path)
+        layers = low_rank_layers(build_model(config))
+        for name, layer in layers:  # each layer, not only each group in sum
+            assert layer.rank < break_even_rank(layer.in_features, layer.out_features), name
+        assert layers and max(ranks.values()) > 2
+    # money no object: every unit dense, and the config says so by leaving the groups out
+    ranks = budget.allocate(units, 10**9, multiple_of=2)
+    assert all(ranks[unit.name] == unit.full_rank for unit in units)
+    assert not low_rank_layers(build_model(lowrank_settings_config(dense_run, units, ranks, tmp_path)))
 
 
 @pytest.mark.parametrize("ratio", [0.6, 0.75, 0.9])
@@ -96,7 +110,8 @@ def test_excluded_groups_stay_dense(dense_run, tmp_path):
                     exclude=["encoder.convolution", "decoder.src_attention"], multiple_of=2)
     values = read_config(tmp_path / "c.yaml")
     assert values["encoder"] == "lowrank_conformer" and "lowrank_convolution" not in values["encoder_conf"]
-    assert "lowrank_src_attention" not in values["decoder_conf"] and "lowrank_attention" in values["encoder_conf"]
+    assert "lowrank_src_attention" not in values["decoder_conf"]
+    assert low_rank_layers(build_model(tmp_path / "c.yaml"))  # the other groups are factorised
 
 
 def test_an_excluded_block_stays_dense_and_the_report_reads_the_result(dense_run, tmp_path):

@@ -123,7 +123,8 @@ def format_ranks(result: Dict) -> str:
     by_group: Dict[str, List[str]] = {}
     for unit in result["units"]:
         rank = result["ranks"][unit.name]
-        by_group.setdefault(f"{unit.part}.{unit.group}", []).append(f"{rank} ({unit.energy[rank]:.2f})")
+        shown = "dense" if rank == unit.full_rank else f"{rank} ({unit.energy[rank]:.2f})"
+        by_group.setdefault(f"{unit.part}.{unit.group}", []).append(shown)
     lines += [f"{group:28} {' '.join(ranks)}" for group, ranks in by_group.items()]
     lines.append(f"parameters: {result['params']:,} = {result['params'] / result['dense_params']:.3f} of the dense "
                  f"{result['dense_params']:,} (asked: {result['target_params'] / result['dense_params']:.3f})")
