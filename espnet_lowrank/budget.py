@@ -73,8 +73,8 @@ def choices(unit: Unit, multiple_of: int) -> List[Tuple[int, int, float]]:
     """``(rank, parameters, energy kept)`` of each choice of ``unit``, cheapest first: the multiples of
     ``multiple_of`` below every one of its layers' break-even ranks, then dense (its full rank)."""
     ranks = range(multiple_of, unit.full_rank, multiple_of)
-    factorised = [(rank, rank * unit.cost_per_rank, unit.energy[rank]) for rank in ranks if rank < unit.break_even]
-    return [*factorised, (unit.full_rank, unit.dense_params, 1.0)]
+    factorised = [(rank, unit_params(unit, rank), unit.energy[rank]) for rank in ranks if rank < unit.break_even]
+    return [*factorised, (unit.full_rank, unit_params(unit, unit.full_rank), 1.0)]
 
 
 def unit_params(unit: Unit, rank: int) -> int:
@@ -101,8 +101,9 @@ def allocate(units: Sequence[Unit], budget: int, multiple_of: int = 8) -> Dict[s
     position = {unit.name: 0 for unit in units}
     spent = sum(options[unit.name][0][1] for unit in units)
     if spent > budget:
-        raise ValueError(f"the budget leaves {budget:,} parameters for the factorised layers, but rank "
-                         f"{multiple_of} everywhere already needs {spent:,}: ask for a larger --param_ratio")
+        raise ValueError(f"the budget leaves {budget:,} parameters for the factorised layers, but the cheapest "
+                         f"choice everywhere (rank {multiple_of}, or dense where that is not smaller) already needs "
+                         f"{spent:,}: ask for a larger --param_ratio")
 
     def climb(unit: Unit, single: bool = False):
         mine, here = options[unit.name], position[unit.name]
