@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from espnet_lowrank.errors import InputError, one_line_errors
-from espnet_lowrank.tools.compare import ROOT, run_sh, training_history, with_asr_args
+from espnet_lowrank.tools.compare import ROOT, run_sh, split_run_args, training_history, with_asr_args
 
 
 @dataclass
@@ -163,8 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join(["python", "-m", "espnet_lowrank.tools.budget_study", *argv])
-    run_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, run_args = split_run_args(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe_dir", type=Path, required=True)
     parser.add_argument("--dense_tag", required=True, help="the dense run: exp/asr_<dense_tag>")

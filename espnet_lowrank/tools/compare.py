@@ -28,7 +28,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -140,6 +140,14 @@ def summarise(recipe: Path, entry: Entry, tag: str, seed: int, test_set: str) ->
         train_seconds=sum(history["seconds"]),
         wer=scores["WER"].error_rate, cer=scores["CER"].error_rate,
     )
+
+
+def split_run_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """A tool's own options, and the ``run.sh`` options after ``--``."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    return argv[: argv.index("--")], argv[argv.index("--") + 1:]
 
 
 def with_asr_args(options: Sequence[str], extra: str) -> List[str]:
@@ -255,9 +263,7 @@ def compare(recipe: Path, entries: Sequence[Entry], out: Path, test_set: str,
 
 @one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    run_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, run_args = split_run_args(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe_dir", type=Path, required=True)
     parser.add_argument("--configs", nargs="+", required=True,
