@@ -13,7 +13,8 @@ the fine-tuned model's. Every decode is stage 12's (the same jobs and
 inference config) on ``--test_set``, timed; writes ``<out>.md`` (parameters,
 test WER/CER, decode and fine-tuning time per model), ``<out>.json`` and
 ``<out>.png`` (WER against parameters). Finished steps are reused (their
-files in ``exp/budget_<dense_tag>``; delete them to redo). Extra ``run.sh``
+files in ``exp/budget_<dense_tag>``; delete them to redo); a conversion made
+with other options or from other weights is refused, not reused. Extra ``run.sh``
 options for the fine-tuning go after ``--``.
 """
 
@@ -71,9 +72,29 @@ def differing_hypotheses(first: Row, second: Row) -> int:
     return sum(one[key].strip() != other.get(key, "").strip() for key in one)
 
 
+def convert_once(converted: Path, dense_config: Path, dense_model: Path, ratio: float, multiple_of: int) -> None:
+    """``convert --param_ratio`` into ``converted``, unless it holds that very conversion: one made with other
+    options or from other weights is refused, since decodes and a fine-tuning were made from it."""
+    from espnet_lowrank.stages.marker import changes, describe, read_marker, record
+    from espnet_lowrank.tools import convert
+
+    marker = converted / ".done"
+    state = describe([f"param_ratio={ratio}", f"multiple_of={multiple_of}"], [str(dense_config), str(dense_model)])
+    old = read_marker(marker)
+    if old is not None and old.get("finished"):
+        found = changes(old, state)
+        if found:
+            raise InputError(f"{converted} was made from other inputs: {'; '.join(found)}. Delete it, and the "
+                             f"fine-tuning runs made from it (exp/asr_*_budget{ratio:.2f}_ft*), to redo")
+        return
+    convert.main(["--dense_config", str(dense_config), "--dense_model", str(dense_model), "--param_ratio",
+                  str(ratio), "--multiple_of", str(multiple_of), "--out", str(converted / "model.pth")])
+    record(marker, state, finished=True)
+
+
 def study(recipe: Path, dense_tag: str, dense_model: str, ratios: Sequence[float], epochs: int,
           test_set: str, inference_config: Path, nj: int, multiple_of: int, run_args: Sequence[str]) -> List[Row]:
-    from espnet_lowrank.tools import convert, merge
+    from espnet_lowrank.tools import merge
 
     dense_exp = Path("exp") / f"asr_{dense_tag}"
     for needed in (dense_exp / "config.yaml", dense_exp / dense_model):
@@ -85,10 +106,7 @@ def study(recipe: Path, dense_tag: str, dense_model: str, ratios: Sequence[float
     rows = [decode_and_score("dense", dense_exp / "config.yaml", dense_exp / dense_model, work / "dense", *common)]
     for ratio in ratios:
         converted = work / f"r{ratio:.2f}"
-        if not (converted / "model.pth").exists():
-            convert.main(["--dense_config", str(dense_exp / "config.yaml"), "--dense_model",
-                          str(dense_exp / dense_model), "--param_ratio", str(ratio), "--multiple_of",
-                          str(multiple_of), "--out", str(converted / "model.pth")])
+        convert_once(converted, dense_exp / "config.yaml", dense_exp / dense_model, ratio, multiple_of)
         rows.append(decode_and_score(f"convert {ratio:.2f}", converted / "config.yaml", converted / "model.pth",
                                      converted, *common))
         tag = f"{dense_tag}_budget{ratio:.2f}_ft{epochs}"
