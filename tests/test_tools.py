@@ -118,10 +118,27 @@ def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
     dense = count_parameters(build_model(root / "compare" / "train_asr_conformer_demo.yaml", vocab_size=28))
     assert lrsms["dense_params"] == dense  # the dense config is exactly LR-SMS's dense twin
     for name in ("lowrank_attention12", "lowrank_ffn50", "lrsms_random_init", "lrsms_constant",
-                 "lrsms_subsampling"):
+                 "lrsms_subsampling", "lrsms_below_break_even"):
         model = build_model(root / "compare" / f"train_asr_{name}_demo.yaml", vocab_size=28)
         assert low_rank_layers(model), name
         assert count_parameters(model) < dense, name
+
+
+def test_the_below_break_even_lrsms_has_no_layer_at_break_even(caplog):
+    """LR-SMS at ratio 0.5 puts 144x144 weights at rank 72, where U·V is as large as the weight."""
+    from espnet_lowrank.rank_mapping import break_even_rank
+    from espnet_lowrank.surgery import low_rank_layers
+
+    root = CONF.parents[1] / "conf"
+    with caplog.at_level("WARNING"):
+        build_model(root / "train_asr_lrsms_demo.yaml", vocab_size=28)
+    assert sum("break-even" in record.getMessage() for record in caplog.records) == 21
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        model = build_model(root / "compare" / "train_asr_lrsms_below_break_even_demo.yaml", vocab_size=28)
+    assert not [record for record in caplog.records if "break-even" in record.getMessage()]
+    layers = [layer for _, layer in low_rank_layers(model)]
+    assert layers and all(layer.rank < break_even_rank(layer.in_features, layer.out_features) for layer in layers)
 
 
 def test_epoch_time_is_read_in_every_form_espnet_stores_it():
