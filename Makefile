@@ -17,7 +17,7 @@ ESPNET_PIN :=
 # pip repeats a harmless line per package for this machine's local mirrors (and pip 23 one per legacy build).
 PIP_QUIET := grep -v -e "^WARNING: Location 'file:" -e "^ *DEPRECATION: .* legacy 'setup.py install'" || true
 
-.PHONY: demo test test-fast test-oldest venv clean
+.PHONY: demo test test-slow test-oldest venv clean
 
 venv: $(VENV)/.installed
 
@@ -32,18 +32,18 @@ $(VENV)/.installed: setup.py
 demo: venv
 	cd egs2/embedded/asr1 && ./run.sh --lowrank_warmup_epochs 2
 
-# Everything, the slow end-to-end runs included (what CI runs).
+# The default suite (under ~15 min on 2 cores): every test but the end-to-end runs marked slow.
 test: venv
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q --durations=15 tests
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q --durations=10 -m "not slow" tests
 
-# The default development loop: skips tests marked slow.
-test-fast: venv
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" tests
+# The end-to-end runs (whole pipelines, kill/resume, two training processes, the study tools); CI runs them too.
+test-slow: venv
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q --durations=10 -m slow tests
 
-# The fast suite on the oldest supported stack, in its own venv.
+# The default suite on the oldest supported stack, in its own venv.
 test-oldest:
 	test -n '$(OLDEST_PYTHON)' || { echo "make: no Python 3.11 runs here (tried python3.11, PYENV_VERSION=3.11.7 python3.11)"; exit 1; }
-	$(MAKE) test-fast VENV=$(OLDEST_VENV) SYSTEM_PYTHON='$(OLDEST_PYTHON)' ESPNET_PIN='espnet==202511'
+	$(MAKE) test VENV=$(OLDEST_VENV) SYSTEM_PYTHON='$(OLDEST_PYTHON)' ESPNET_PIN='espnet==202511'
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info .pytest_cache

@@ -9,37 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = ROOT / "tests" / "conf" / "tiny_lowrank.yaml"
-
-
-def recipe_dir(path: Path) -> Path:
-    """A recipe dir as in egs2/*/asr1: conf/ and local/ linked to the top level."""
-    path.mkdir(parents=True, exist_ok=True)
-    for name in ("conf", "local"):
-        if not (path / name).exists():
-            (path / name).symlink_to(ROOT / name)
-    return path
-
-
-def run(cwd: Path, *options: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [str(ROOT / "run.sh"), "--python", sys.executable, *options],
-        cwd=cwd, capture_output=True, text=True, env=env,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
-TINY = ("--embedded_size", "tiny", "--token_type", "bpe", "--nbpe", "40", "--asr_config", str(TINY_CONFIG),
-        "--asr_args", "--max_epoch 2 --batch_size 8 --batch_type unsorted", "--inference_nj", "2")
+from tiny_recipe import ROOT, SPEED_PERTURB, TINY, TINY_CONFIG, kill_when_written, recipe_dir, run
 
 
 def test_help_lists_the_options(tmp_path):
@@ -75,16 +49,6 @@ def test_a_stage_without_its_inputs_says_which_stage_to_run(tmp_path):
 def test_missing_config_is_named(tmp_path):
     result = run(recipe_dir(tmp_path), "--asr_config", "conf/nope.yaml", check=False)
     assert result.returncode != 0 and "--asr_config conf/nope.yaml does not exist" in result.stderr
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """Stages 1-14 once, with speed perturbation, on the tiny embedded corpus."""
-    recipe = recipe_dir(tmp_path_factory.mktemp("recipe"))
-    started = time.time()
-    result = run(recipe, *TINY, "--speed_perturb_factors", "0.9 1.0 1.1")
-    return {"recipe": recipe, "exp": recipe / "exp" / "asr_tiny_lowrank", "log": result.stderr,
-            "seconds": time.time() - started}
 
 
 @pytest.mark.slow
@@ -149,7 +113,7 @@ def test_the_console_shows_each_epoch_and_a_decoding_progress_bar(pipeline):
 def test_training_from_other_inputs_stops_saying_what_changed(pipeline):
     exp = pipeline["exp"]
     before = (exp / "RESULTS.md").read_text()
-    result = run(pipeline["recipe"], *TINY, "--speed_perturb_factors", "0.9 1.0 1.1", "--nbpe", "30",
+    result = run(pipeline["recipe"], *TINY, *SPEED_PERTURB, "--nbpe", "30",
                  "--stage", "5", check=False)
     assert result.returncode != 0
     assert ("stage 11: exp/asr_tiny_lowrank was made from other inputs: data/token_list/train_sp/unigram30 "
@@ -163,20 +127,20 @@ def test_training_from_other_inputs_stops_saying_what_changed(pipeline):
 @pytest.mark.slow
 def test_a_changed_length_filter_redoes_stage_4(pipeline):
     recipe = pipeline["recipe"]
-    result = run(recipe, *TINY, "--speed_perturb_factors", "0.9 1.0 1.1", "--stage", "4", "--stop_stage", "4",
+    result = run(recipe, *TINY, *SPEED_PERTURB, "--stage", "4", "--stop_stage", "4",
                  "--max_wav_duration", "3")
     assert "stage 4: redoing dump/raw/train_sp: --max_wav_duration was '20', now '3'" in result.stderr
     dropped = (recipe / "dump" / "raw" / "train_sp" / "dropped").read_text().splitlines()
     assert dropped and all("is outside 0.1-3.0 s" in line for line in dropped)
     assert f"dropped {len(dropped)} (listed in dump/raw/train_sp/dropped)" in result.stdout
-    run(recipe, *TINY, "--speed_perturb_factors", "0.9 1.0 1.1", "--stage", "4", "--stop_stage", "4")  # as before
+    run(recipe, *TINY, *SPEED_PERTURB, "--stage", "4", "--stop_stage", "4")  # as before
 
 
 @pytest.mark.slow
 def test_finished_stages_are_not_redone(pipeline):
     before = (pipeline["exp"] / "RESULTS.md").read_text()
     started = time.time()
-    result = run(pipeline["recipe"], *TINY, "--speed_perturb_factors", "0.9 1.0 1.1", "--stop_stage", "12")
+    result = run(pipeline["recipe"], *TINY, *SPEED_PERTURB, "--stop_stage", "12")
     assert result.stderr.count("already done") >= 8
     assert time.time() - started < pipeline["seconds"] / 2
     assert (pipeline["exp"] / "RESULTS.md").read_text() == before
@@ -198,28 +162,12 @@ def test_missing_audio_stops_stage_3_and_keeps_earlier_outputs(pipeline):
     assert not (recipe / "dump" / "raw" / "org" / "broken").exists()
 
 
-def kill_when_written(recipe: Path, options, path: Path) -> None:
-    """Start run.sh with ``options`` and kill -9 its whole process group once ``path`` exists."""
-    process = subprocess.Popen(
-        [str(ROOT / "run.sh"), "--python", sys.executable, *options], cwd=recipe,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    deadline = time.time() + 300
-    while not path.exists() and time.time() < deadline:
-        assert process.poll() is None, f"run.sh ended before {path} was written"
-        time.sleep(0.2)
-    time.sleep(0.5)  # let checkpoint.pth follow
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 @pytest.mark.slow
 def test_training_resumes_after_kill_9(pipeline):
     recipe = pipeline["recipe"]
     exp = recipe / "exp" / "asr_resume"
     options = [*TINY, "--asr_tag", "resume", "--stage", "11", "--stop_stage", "11",
-               "--speed_perturb_factors", "0.9 1.0 1.1",
+               *SPEED_PERTURB,
                "--asr_args", "--max_epoch 3 --batch_size 2 --batch_type unsorted"]
     kill_when_written(recipe, options, exp / "1epoch.pth")
     assert not (exp / "3epoch.pth").exists() and not (exp / ".done").exists()
@@ -240,7 +188,7 @@ def test_dense_warmup_then_low_rank_each_phase_resumes_after_kill_9(pipeline):
     exp = recipe / "exp" / "asr_warmup"
     warmup = exp / "dense_warmup"
     options = [*TINY, "--asr_tag", "warmup", "--stage", "11", "--stop_stage", "11",
-               "--speed_perturb_factors", "0.9 1.0 1.1", "--lowrank_warmup_epochs", "2",
+               *SPEED_PERTURB, "--lowrank_warmup_epochs", "2",
                "--asr_args", "--max_epoch 4 --batch_size 2 --batch_type unsorted"]
     kill_when_written(recipe, options, warmup / "1epoch.pth")  # in the dense phase
     assert not (warmup / ".done").exists()
@@ -270,7 +218,7 @@ def test_two_cpu_processes_train_and_resume_after_one_is_killed(pipeline):
     recipe = pipeline["recipe"]
     exp = recipe / "exp" / "asr_ddp"
     options = [*TINY, "--asr_tag", "ddp", "--stage", "11", "--stop_stage", "11", "--num_procs", "2",
-               "--speed_perturb_factors", "0.9 1.0 1.1",
+               *SPEED_PERTURB,
                "--asr_args", "--max_epoch 2 --batch_size 4 --batch_type unsorted"]
     process = subprocess.Popen([str(ROOT / "run.sh"), "--python", sys.executable, *options], cwd=recipe,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -301,7 +249,7 @@ def test_guided_training_on_two_cpu_processes(pipeline):
     recipe = pipeline["recipe"]
     exp = recipe / "exp" / "asr_ddp_guided"
     run(recipe, *TINY, "--asr_tag", "ddp_guided", "--stage", "11", "--stop_stage", "11", "--num_procs", "2",
-        "--speed_perturb_factors", "0.9 1.0 1.1", "--asr_config", str(ROOT / "tests" / "conf" / "tiny_lowrank_guided.yaml"),
+        *SPEED_PERTURB, "--asr_config", str(ROOT / "tests" / "conf" / "tiny_lowrank_guided.yaml"),
         "--asr_args", "--max_epoch 2 --batch_size 4 --batch_type unsorted")
     assert (exp / "2epoch.pth").exists() and "--unused_parameters true" in (exp / "train.log").read_text()
 
@@ -358,7 +306,7 @@ def test_budget_study_converts_fine_tunes_from_the_converted_weights_merges_and_
     from espnet_lowrank.tools import budget_study
 
     recipe = pipeline["recipe"]
-    data = ["--embedded_size", "tiny", "--token_type", "bpe", "--nbpe", "40", "--speed_perturb_factors", "0.9 1.0 1.1",
+    data = ["--embedded_size", "tiny", "--token_type", "bpe", "--nbpe", "40", *SPEED_PERTURB,
             "--inference_nj", "1"]
     run(recipe, *data, "--stage", "11", "--stop_stage", "11",
         "--asr_config", str(ROOT / "tests" / "conf" / "tiny_dense.yaml"), "--asr_tag", "dense_twin",
@@ -401,6 +349,28 @@ def test_budget_study_names_a_missing_dense_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the tool moves into the recipe dir; this moves the test back afterwards
     with pytest.raises(SystemExit, match=r"exp/asr_nope/config.yaml does not exist: train the dense model first"):
         budget_study.main(["--recipe_dir", str(tmp_path), "--dense_tag", "nope", "--out", str(tmp_path / "b")])
+
+
+def test_budget_study_refuses_a_conversion_made_with_other_options(tmp_path):
+    """Its decodes and fine-tuning were made from that conversion: reusing it quietly would mislabel them."""
+    from espnet_lowrank.errors import InputError
+    from espnet_lowrank.stages.marker import describe, record
+    from espnet_lowrank.tools.budget_study import convert_once
+
+    dense_config, dense_model = tmp_path / "config.yaml", tmp_path / "valid.acc.ave.pth"
+    dense_config.write_text("encoder: conformer\n")
+    dense_model.write_bytes(b"weights")
+    converted = tmp_path / "budget" / "r0.70"
+    record(converted / ".done", describe(["param_ratio=0.7", "multiple_of=8"], [str(dense_config), str(dense_model)]),
+           finished=True)
+    convert_once(converted, dense_config, dense_model, 0.7, 8)  # the same conversion: reused, nothing converted
+    assert sorted(path.name for path in converted.iterdir()) == [".done"]
+    with pytest.raises(InputError, match=r"r0.70 was made from other inputs: --multiple_of was '8', now '2'\. "
+                                         r"Delete it, and the fine-tuning runs made from it"):
+        convert_once(converted, dense_config, dense_model, 0.7, 2)
+    dense_model.write_bytes(b"other weights")
+    with pytest.raises(InputError, match=r"valid.acc.ave.pth changed"):
+        convert_once(converted, dense_config, dense_model, 0.7, 8)
 
 
 def test_a_saved_config_yaml_is_refused_as_a_training_config(tmp_path):

@@ -73,23 +73,24 @@ def test_bench_runs_a_tiny_pair_and_emits_json():
     assert lowrank["train_memory_mb"] > 0 and "cores" in data["machine"]
 
 
-def test_compare_trains_decodes_and_tabulates_two_configs(tmp_path):
-    from test_run_sh import recipe_dir
+@pytest.mark.slow
+def test_compare_trains_decodes_and_tabulates_two_configs(pipeline, tmp_path):
+    """In the shared tiny recipe, whose data stages 1-5 have prepared: compare redoes none of them."""
+    from tiny_recipe import SPEED_PERTURB, TINY_DATA
 
-    recipe = recipe_dir(tmp_path / "recipe")
-    second = tmp_path / "tiny_lowrank_other_ranks.yaml"
+    second = tmp_path / "tiny_lowrank_other_ranks.yaml"  # a config from outside the project
     second.write_text((CONF / "tiny_lowrank_other_ranks.yaml").read_text())
     out = tmp_path / "results" / "compare"
     result = subprocess.run(
-        [sys.executable, "-m", "espnet_lowrank.tools.compare", "--recipe_dir", str(recipe),
-         "--configs", str(CONF / "tiny_lowrank.yaml"), str(second), "--out", str(out), "--",
-         "--embedded_size", "tiny", "--inference_nj", "1",
-         "--asr_args", "--max_epoch 2 --batch_size 8 --batch_type unsorted"],
+        [sys.executable, "-m", "espnet_lowrank.tools.compare", "--recipe_dir", str(pipeline["recipe"]),
+         "--configs", str(CONF / "tiny_dense.yaml"), str(second), "--out", str(out), "--", *TINY_DATA,
+         *SPEED_PERTURB, "--asr_args", "--max_epoch 2 --batch_size 8 --batch_type unsorted"],
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "stage 1: already done" in result.stderr and "stage 5: already done" in result.stderr
     table = out.with_suffix(".md").read_text().splitlines()
-    assert len(table) == 4 and "`tiny_lowrank.yaml`" in table[2]
+    assert len(table) == 4 and "`tiny_dense.yaml`" in table[2]
     assert all(len(row.split("|")) == 10 for row in table[2:])
     assert table[2].split("|")[6].strip() == "1.00×"  # training time against the first config
     runs = json.loads(out.with_suffix(".json").read_text())
