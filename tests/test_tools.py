@@ -125,21 +125,23 @@ def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
         assert count_parameters(model) < dense, name
 
 
-def test_the_below_break_even_lrsms_has_no_layer_at_break_even(caplog):
-    """LR-SMS at ratio 0.5 puts 144x144 weights at rank 72, where U·V is as large as the weight."""
+def test_the_demo_lrsms_has_no_layer_at_break_even(caplog):
+    """The earlier demo LR-SMS (ratio 0.5) put 144x144 weights at rank 72, where U·V is as large as the weight."""
     from espnet_lowrank.rank_mapping import break_even_rank
     from espnet_lowrank.surgery import low_rank_layers
 
     root = CONF.parents[1] / "conf"
     with caplog.at_level("WARNING"):
-        build_model(root / "train_asr_lrsms_demo.yaml", vocab_size=28)
+        build_model(root / "compare" / "train_asr_lrsms_plain_demo.yaml", vocab_size=28)
     assert sum("break-even" in record.getMessage() for record in caplog.records) == 21
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        model = build_model(root / "compare" / "train_asr_lrsms_below_break_even_demo.yaml", vocab_size=28)
-    assert not [record for record in caplog.records if "break-even" in record.getMessage()]
-    layers = [layer for _, layer in low_rank_layers(model)]
-    assert layers and all(layer.rank < break_even_rank(layer.in_features, layer.out_features) for layer in layers)
+    for config in ("train_asr_lrsms_demo.yaml", "compare/train_asr_lrsms_below_break_even_demo.yaml"):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            model = build_model(root / config, vocab_size=28)
+        assert not [record for record in caplog.records if "break-even" in record.getMessage()], config
+        layers = [layer for _, layer in low_rank_layers(model)]
+        assert layers and all(layer.rank < break_even_rank(layer.in_features, layer.out_features)
+                              for layer in layers), config
 
 
 def test_epoch_time_is_read_in_every_form_espnet_stores_it():
