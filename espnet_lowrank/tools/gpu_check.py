@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import yaml
@@ -90,19 +90,17 @@ def rounded_config(config: Path, multiple_of: int, out_dir: Path) -> Path:
     return out
 
 
-def bench_sections(quick: bool) -> List[str]:
+def bench_sections(quick: bool) -> Iterator[List[str]]:
     from espnet_lowrank.tools.bench import bench, format_results
 
-    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         for multiple_of in (8, 64):
             configs = [str(CONFIGS[0])] + [str(rounded_config(c, multiple_of, Path(tmp))) for c in CONFIGS[1:]]
             for amp in ("none", "bf16"):
                 result = bench(configs, vocab=5000, batch=8 if not quick else 2, seconds=10.0,
                                repeats=5 if not quick else 1, warmup=1, device="cuda", amp=amp)
-                lines += [f"### bench: ranks rounded to {multiple_of}, amp {amp}", "", "```",
-                          format_results(result), "```", ""]
-    return lines
+                yield [f"### bench: ranks rounded to {multiple_of}, amp {amp}", "", "```",
+                       format_results(result), "```", ""]
 
 
 def tiny_epoch_on_gpu() -> str:
@@ -123,18 +121,20 @@ def tiny_epoch_on_gpu() -> str:
     return f"| run.sh stages 1-11, tiny corpus, --ngpu 1, use_amp | exit {result.returncode} | {took:.0f} s | {last} |"
 
 
-def report(quick: bool = False) -> str:
+def report_sections(quick: bool = False) -> Iterator[List[str]]:
+    """The report's parts in order, each as soon as it is measured."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    lines = [f"# GPU check: {device_name(device)}", "",
-             f"## Layers, encoder and decoder on {device}", "",
-             "| check | measured | tolerance | result |", "|---|---:|---:|---|", *layer_checks(device), ""]
+    yield [f"# GPU check: {device_name(device)}", "",
+           f"## Layers, encoder and decoder on {device}", "",
+           "| check | measured | tolerance | result |", "|---|---:|---:|---|", *layer_checks(device), ""]
     if device != "cuda":
-        return "\n".join(lines + ["CUDA is absent on this machine: the bench of dense vs LR-SMS on the GPU "
-                                  "and the --ngpu 1 training epoch were not run.", ""])
-    lines += ["## Training and encoder speed at the LibriSpeech-100 shape", "", *bench_sections(quick)]
-    lines += ["## One epoch with --ngpu 1 and use_amp", "", "| run | result | time | last line |",
-              "|---|---|---:|---|", tiny_epoch_on_gpu(), ""]
-    return "\n".join(lines)
+        yield ["CUDA is absent on this machine: the bench of dense vs LR-SMS on the GPU "
+               "and the --ngpu 1 training epoch were not run.", ""]
+        return
+    yield ["## Training and encoder speed at the LibriSpeech-100 shape", ""]
+    yield from bench_sections(quick)
+    yield ["## One epoch with --ngpu 1 and use_amp", "", "| run | result | time | last line |",
+           "|---|---|---:|---|", tiny_epoch_on_gpu(), ""]
 
 
 @one_line_errors
@@ -143,9 +143,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("gpu_check.md"))
     parser.add_argument("--quick", action="store_true", help="one bench repeat at batch 2 (a smoke run)")
     args = parser.parse_args(argv)
-    text = report(args.quick)
-    args.out.write_text(text)
-    print(text)
+    lines: List[str] = []
+    for section in report_sections(args.quick):
+        # rewritten after each part, so a run cut off by its time limit keeps what it measured
+        lines += section
+        args.out.write_text("\n".join(lines))
+        print("\n".join(section), flush=True)
 
 
 if __name__ == "__main__":
