@@ -128,6 +128,24 @@ def test_score_names_a_missing_hypothesis(tmp_path):
         score.score_set(tmp_path / "ref", tmp_path / "hyp")
 
 
+def test_results_name_the_decode_dir_stage_13_scored_not_the_newest(tmp_path):
+    """An exp dir decoded twice: `compare` must read the decode its own stage 13 scored."""
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    (tmp_path / "data" / "test" / "text").write_text("u1 THE CAT\n")
+    exp = tmp_path / "exp"
+    for name, hypothesis in (("decode_asr_valid.acc.ave", "THE CAT"), ("decode_att_valid.acc.ave", "A DOG")):
+        (exp / name / "test").mkdir(parents=True)
+        (exp / name / "test" / "text").write_text(f"u1 {hypothesis}\n")
+    results = exp / "RESULTS.md"
+    score.main(["--decode_dir", str(exp / "decode_asr_valid.acc.ave"), "--data_root", str(tmp_path / "data"),
+                "--test_sets", "test", "--out", str(results)])
+    assert score.scored_decode_dir(results, "test") == exp / "decode_asr_valid.acc.ave"
+    with pytest.raises(StageError, match=r"RESULTS.md scores no decode of test set 'test_other'"):
+        score.scored_decode_dir(results, "test_other")
+    with pytest.raises(StageError, match=r"missing/RESULTS.md does not exist: did stage 13 run\?"):
+        score.scored_decode_dir(tmp_path / "missing" / "RESULTS.md", "test")
+
+
 def test_split_keys_covers_every_key_once():
     keys = [f"u{i}" for i in range(10)]
     pieces = split_keys(keys, 3)

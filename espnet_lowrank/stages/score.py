@@ -4,6 +4,7 @@ written as an ESPnet-style RESULTS.md."""
 import argparse
 import datetime
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -94,6 +95,18 @@ def results_markdown(title: str, scores: Dict[str, Dict[str, Score]]) -> str:
         lines += [by_metric[metric].row(name) for name, by_metric in scores.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def scored_decode_dir(results: Path, test_set: str) -> Path:
+    """The decode dir whose ``test_set`` hypotheses ``results`` (a RESULTS.md) scores. An exp dir
+    decoded more than once (another inference config, another model) holds several; RESULTS.md names
+    the one stage 13 scored last, which file dates cannot tell (stage 12 skips a finished decode)."""
+    if not results.is_file():
+        raise StageError(f"{results} does not exist: did stage 13 run?")
+    names = re.findall(rf"^\|([^|/]+)/{re.escape(test_set)}\|", results.read_text(), flags=re.M)
+    if not names:
+        raise StageError(f"{results} scores no decode of test set {test_set!r}: did stage 13 run on it?")
+    return results.parent / names[0]
 
 
 @one_line_errors

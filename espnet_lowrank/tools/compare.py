@@ -120,15 +120,14 @@ def summarise(recipe: Path, entry: Entry, tag: str, seed: int, test_set: str) ->
 
     from espnet_lowrank.guide import finish_guides
     from espnet_lowrank.model_config import build_model, count_parameters
-    from espnet_lowrank.stages.score import score_set
+    from espnet_lowrank.stages.score import score_set, scored_decode_dir
 
     exp = recipe / "exp" / f"asr_{tag}"
     history = training_history(exp)
-    # the decoding stage 12 just wrote: an exp dir may hold older ones too
-    hypotheses = sorted(exp.glob(f"decode_*/{test_set}/text"), key=lambda p: p.stat().st_mtime)
-    if not hypotheses:
-        raise FileNotFoundError(f"{exp} has no decode_*/{test_set}/text: did stage 12 run?")
-    scores = score_set(recipe / "dump" / "raw" / test_set / "text", hypotheses[-1])
+    # the decoding this compare's stages 12-13 made, not the newest: an exp dir decoded
+    # again by hand with another inference config holds both
+    decode_dir = scored_decode_dir(exp / "RESULTS.md", test_set)
+    scores = score_set(recipe / "dump" / "raw" / test_set / "text", decode_dir / test_set / "text")
     # the model that is decoded: the training config with the run's vocabulary
     # (the saved config.yaml names a stats file relative to the recipe dir),
     # its guides, if any, gone
