@@ -25,6 +25,8 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	# no pip upgrade: pip 26 refuses espnet 202511's dependency ci_sdr (it declares a git URL)
 	$(PY) -m pip install -q -e '.[test]' $(ESPNET_PIN) 2>&1 | { $(PIP_QUIET); }
+	# pip checks version ranges, not binaries: fail here, by name, if torchaudio does not load beside torch.
+	$(PY) -c "import torch, torchaudio; print('venv: torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
 	touch $@
 
 # The whole pipeline on the embedded corpus (synthesised here, no download), on CPU:

@@ -11,7 +11,10 @@ setup(
     install_requires=[
         "espnet>=202511",
         "torch",
-        "torchaudio",
+        # torchaudio 2.11.1 declares torch>=2.11 but its library needs a symbol that torch 2.13 brought
+        # (torch_exception_get_what_without_backtrace); espnet 202511 holds torch at <=2.12 (its
+        # setuptools<74 pin), so pip paired them and the import failed. 2.11.0 loads on torch 2.11-2.14.
+        "torchaudio!=2.11.1",
         "sentencepiece",
         "pyyaml",
         "soundfile",
