@@ -134,7 +134,8 @@ def test_the_demo_lrsms_has_no_layer_at_break_even(caplog):
     with caplog.at_level("WARNING"):
         build_model(root / "compare" / "train_asr_lrsms_plain_demo.yaml", vocab_size=28)
     assert sum("break-even" in record.getMessage() for record in caplog.records) == 21
-    for config in ("train_asr_lrsms_demo.yaml", "compare/train_asr_lrsms_below_break_even_demo.yaml"):
+    for config in ("train_asr_lrsms_demo.yaml", "compare/train_asr_lrsms_below_break_even_demo.yaml",
+                   "compare/train_asr_lrsms_attention12_ffn60_demo.yaml"):
         caplog.clear()
         with caplog.at_level("WARNING"):
             model = build_model(root / config, vocab_size=28)
@@ -142,6 +143,23 @@ def test_the_demo_lrsms_has_no_layer_at_break_even(caplog):
         layers = [layer for _, layer in low_rank_layers(model)]
         assert layers and all(layer.rank < break_even_rank(layer.in_features, layer.out_features)
                               for layer in layers), config
+
+
+def test_the_reallocated_lrsms_moves_rank_within_the_default_budget():
+    """attention12_ffn60 answers "same parameters, rank moved from attention to feed-forward": it must
+    not buy its accuracy with a larger budget than the demo's LR-SMS."""
+    from espnet_lowrank.surgery import low_rank_layers
+
+    root = CONF.parents[1] / "conf"
+    default = build_model(root / "train_asr_lrsms_demo.yaml", vocab_size=28)
+    moved = build_model(root / "compare" / "train_asr_lrsms_attention12_ffn60_demo.yaml", vocab_size=28)
+    assert count_parameters(moved) <= count_parameters(default)
+
+    def ranks(model, part):
+        return [layer.rank for name, layer in low_rank_layers(model) if part in name]
+
+    assert sum(ranks(moved, "feed_forward")) > sum(ranks(default, "feed_forward"))
+    assert sum(ranks(moved, "attn")) < sum(ranks(default, "attn"))
 
 
 def test_epoch_time_is_read_in_every_form_espnet_stores_it():
