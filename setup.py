@@ -13,7 +13,7 @@ setup(
         "torch",
         # torchaudio 2.11.1 declares torch>=2.11 but its library needs a symbol that torch 2.13 brought
         # (torch_exception_get_what_without_backtrace); espnet 202511 holds torch at <=2.12 (its
-        # setuptools<74 pin), so pip paired them and the import failed. 2.11.0 loads on torch 2.11-2.14.
+        # setuptools<74 pin), so pip paired them and the import failed. 2.11.0 loads on torch 2.11.0, 2.12.1, 2.14.1.
         "torchaudio!=2.11.1",
         "sentencepiece",
         "pyyaml",
