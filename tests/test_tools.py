@@ -100,15 +100,73 @@ def test_compare_trains_decodes_and_tabulates_two_configs(pipeline, tmp_path):
 
 
 def test_compare_entries_carry_their_options_and_seeds():
-    from espnet_lowrank.tools.compare import Entry, with_seed
+    from espnet_lowrank.tools.compare import Entry, merged_asr_args, with_seed
 
     entry = Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --seeds 2022,2023")
     assert entry.options == ["--lowrank_warmup_epochs", "2"] and entry.seeds == [2022, 2023]
     assert entry.tag == "x_warmup2" and entry.name == "x.yaml --lowrank_warmup_epochs 2"
     assert with_seed(["--asr_args", "--max_epoch 3"], 7) == ["--asr_args", "--max_epoch 3 --seed 7"]
     assert with_seed([], 7) == ["--asr_args", "--seed 7"]
+    # the options for every run and a run's own seed reach run.sh as one --asr_args
+    assert merged_asr_args(["--ngpu", "1", "--asr_args", "--max_epoch 2", "--asr_args=--seed 7"]) == [
+        "--ngpu", "1", "--asr_args", "--max_epoch 2 --seed 7"]
+    assert merged_asr_args(["--ngpu", "1"]) == ["--ngpu", "1"]
     with pytest.raises(ValueError, match="must come last"):
         Entry.parse("conf/x.yaml --seeds 1,2 --lowrank_warmup_epochs 2")
+
+
+def _fake_recipe(tmp_path, monkeypatch, fail_tag=None):
+    """compare's run.sh replaced by a script that logs its options (and fails for one tag), and
+    two configs that hold only their seed."""
+    from espnet_lowrank.tools import compare as tool
+
+    (tmp_path / "run.sh").write_text(
+        "#!/usr/bin/env bash\necho \"run.sh $*\"\n"
+        + (f"[[ \" $* \" == *' --asr_tag {fail_tag} '* ]] && exit 3\n" if fail_tag else "") + "exit 0\n")
+    (tmp_path / "run.sh").chmod(0o755)
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    configs = []
+    for name in ("first", "second"):
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text("seed: 2022\n")
+    return tool, configs
+
+
+def test_compare_jobs_trains_runs_side_by_side_and_does_not_compare_their_times(tmp_path, monkeypatch):
+    import threading
+
+    tool, configs = _fake_recipe(tmp_path, monkeypatch)
+    all_started = threading.Barrier(3, timeout=20)
+    real_run_sh, calls = tool.run_sh, []
+
+    def run_sh(recipe, *options, log=None):
+        calls.append(options)
+        real_run_sh(recipe, *options, log=log)
+        if "--asr_tag" in options:
+            all_started.wait()  # times out unless the three runs are in flight at once
+
+    monkeypatch.setattr(tool, "run_sh", run_sh)
+    monkeypatch.setattr(tool, "summarise", lambda recipe, entry, tag, seed, test_set: tool.Run(
+        tag=tag, seed=seed, params=2_000_000 if "first" in tag else 1_000_000, epochs=[1, 2],
+        valid_acc=[0.5, 0.6], valid_loss=[2.0, 1.0], train_seconds=120.0, wer=20.0, cer=5.0))
+    out = tmp_path / "results" / "study"
+    table = tool.compare(tmp_path, [tool.Entry(configs[0]), tool.Entry(configs[1], seeds=[2022, 7])], out,
+                         "test", ["--ngpu", "1"], jobs=3).splitlines()
+    # data stages, then the shared statistics (stage 10) once, before any run starts
+    assert calls[0][:2] == ("--stop_stage", "5") and calls[1][:4] == ("--stage", "10", "--stop_stage", "10")
+    assert sorted(c[c.index("--asr_tag") + 1] for c in calls[2:]) == ["first", "second", "second_seed7"]
+    assert "--asr_tag second_seed7 --test_sets test --ngpu 1 --asr_args --seed 7" in (
+        out.parent / "study_logs" / "second_seed7.log").read_text()
+    assert table[2].split("|")[6].strip() == "–" and table[3].split("|")[3].strip() == "2.00×"
+    assert "3 runs at a time" in table[-1] and "not compared" in table[-1]
+
+
+def test_compare_jobs_names_every_failed_run_after_the_others_finish(tmp_path, monkeypatch):
+    tool, configs = _fake_recipe(tmp_path, monkeypatch, fail_tag="first")
+    out = tmp_path / "results" / "study"
+    with pytest.raises(RuntimeError, match=r"failed: see .*study_logs/first\.log"):
+        tool.compare(tmp_path, [tool.Entry(configs[0]), tool.Entry(configs[1])], out, "test", [], jobs=2)
+    assert "--asr_tag second" in (out.parent / "study_logs" / "second.log").read_text()
 
 
 def test_compare_configs_are_the_demo_lrsms_and_its_ablations():

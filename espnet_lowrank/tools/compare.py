@@ -16,6 +16,10 @@ test WER/CER: the mean over seeds, then each run's), ``<out>.json`` (every
 number) and ``<out>.png`` (validation accuracy and loss per epoch, every
 run; a dense warm-up's epochs come first). Finished runs are reused, so rows
 can be added later. Extra ``run.sh`` options for every run go after ``--``.
+
+``--jobs N`` trains N runs at a time (on a GPU machine, where one small run
+leaves the GPU mostly idle), each run's output in ``<out>_logs/<tag>.log``;
+their training times then share the machine, and the table does not compare them.
 """
 
 import argparse
@@ -26,6 +30,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -159,6 +164,21 @@ def with_asr_args(options: Sequence[str], extra: str) -> List[str]:
     return [*options, "--asr_args", extra]
 
 
+def merged_asr_args(options: Sequence[str]) -> List[str]:
+    """run.sh options with every ``--asr_args`` joined into one, in order: run.sh keeps only the
+    last it is given, so the options for every run and a run's own (its seed) would drop each other."""
+    rest, extra, words = [], [], list(options)
+    while words:
+        word = words.pop(0)
+        if word == "--asr_args" and words:
+            extra.append(words.pop(0))
+        elif word.startswith("--asr_args="):
+            extra.append(word.split("=", 1)[1])
+        else:
+            rest.append(word)
+    return [*rest, "--asr_args", " ".join(extra)] if extra else rest
+
+
 def with_seed(options: Sequence[str], seed: int) -> List[str]:
     """run.sh options that also give ESPnet ``--seed``."""
     return with_asr_args(options, f"--seed {seed}")
@@ -170,8 +190,9 @@ def _values(runs: Sequence[Run], name: str) -> str:
     return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.1f}' for v in values)})"
 
 
-def markdown(rows: List[Dict]) -> str:
-    """One line per entry: its runs' mean, and each run's value when there are several."""
+def markdown(rows: List[Dict], jobs: int = 1) -> str:
+    """One line per entry: its runs' mean, and each run's value when there are several.
+    Runs trained several at a time get no time ratio: they slowed each other unevenly."""
     first = rows[0]["runs"]
     first_params = first[0].params
     first_seconds = statistics.mean(r.train_seconds for r in first)
@@ -183,15 +204,18 @@ def markdown(rows: List[Dict]) -> str:
     for row in rows:
         runs = row["runs"]
         minutes = statistics.mean(r.train_seconds for r in runs) / 60
+        ratio = f"{minutes * 60 / first_seconds:.2f}×" if jobs == 1 else "–"
         lines.append(
             f"| `{row['name']}` | {runs[0].params / 1e6:.2f} | {first_params / runs[0].params:.2f}× | "
-            f"{len(runs[0].epochs)} | {minutes:.1f} | "
-            f"{minutes * 60 / first_seconds:.2f}× | {_values(runs, 'wer')} | {_values(runs, 'cer')} |"
+            f"{len(runs[0].epochs)} | {minutes:.1f} | {ratio} | {_values(runs, 'wer')} | {_values(runs, 'cer')} |"
         )
     seeds = sorted({r.seed for row in rows for r in row["runs"]})
     if len(seeds) > 1:
         lines.append(f"\nWhere an entry ran with several seeds ({', '.join(map(str, seeds))}): the mean, "
                      "then each run's value in seed order.")
+    if jobs > 1:
+        lines.append(f"\nTrained {jobs} runs at a time (`--jobs {jobs}`): the training times shared the machine, "
+                     "so they are not compared.")
     return "\n".join(lines)
 
 
@@ -224,10 +248,18 @@ def plot(rows: List[Dict], path: Path) -> None:
     plt.close(figure)
 
 
-def run_sh(recipe: Path, *options: str) -> None:
+def run_sh(recipe: Path, *options: str, log: Optional[Path] = None) -> None:
+    """One run.sh call; its output to ``log`` if given (runs made side by side), else to ours."""
     command = [str(ROOT / "run.sh"), "--python", sys.executable, *options]
-    print("+", shlex.join(command), file=sys.stderr, flush=True)
-    subprocess.run(command, cwd=recipe, check=True)
+    # one print per line: runs started side by side must not interleave their lines
+    print(f"+ {shlex.join(command)}" + (f" > {log}" if log else ""), file=sys.stderr, flush=True)
+    if log is None:
+        subprocess.run(command, cwd=recipe, check=True)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as output:
+        if subprocess.run(command, cwd=recipe, stdout=output, stderr=subprocess.STDOUT).returncode:
+            raise RuntimeError(f"run.sh {shlex.join(options)} failed: see {log}")
 
 
 def config_seed(config: Path) -> Optional[int]:
@@ -236,22 +268,47 @@ def config_seed(config: Path) -> Optional[int]:
     return read_config(config).get("seed")
 
 
-def compare(recipe: Path, entries: Sequence[Entry], out: Path, test_set: str,
-            run_args: Sequence[str], seeds: Sequence[int] = ()) -> str:
-    run_sh(recipe, "--stop_stage", "5", *run_args)
-    rows = []
+def planned_runs(entries: Sequence[Entry], seeds: Sequence[int]) -> List[Tuple[Entry, int, str, List[str]]]:
+    """(entry, seed, tag, its run.sh options) of every run, entries in order, seeds in order."""
+    plan = []
     for entry in entries:
         own_seed = config_seed(entry.config)
-        runs = []
         for seed in entry.seeds or seeds or [own_seed]:
             tag, options = entry.tag, list(entry.options)
             if seed != own_seed:
                 tag, options = f"{tag}_seed{seed}", with_seed(options, seed)
-            run_sh(recipe, "--stage", "10", "--stop_stage", "13", "--asr_config", str(entry.config.resolve()),
-                   "--asr_tag", tag, "--test_sets", test_set, *run_args, *options)
-            runs.append(summarise(recipe, entry, tag, seed, test_set))
+            plan.append((entry, seed, tag, options))
+    return plan
+
+
+def compare(recipe: Path, entries: Sequence[Entry], out: Path, test_set: str,
+            run_args: Sequence[str], seeds: Sequence[int] = (), jobs: int = 1) -> str:
+    run_sh(recipe, "--stop_stage", "5", *run_args)
+    if jobs > 1:  # the feature statistics all runs share, made once before they start side by side
+        run_sh(recipe, "--stage", "10", "--stop_stage", "10", "--asr_config", str(entries[0].config.resolve()),
+               *run_args)
+    plan = planned_runs(entries, seeds)
+
+    def make(run: Tuple[Entry, int, str, List[str]]) -> None:
+        entry, _, tag, options = run
+        log = out.parent / f"{out.name}_logs" / f"{tag}.log" if jobs > 1 else None
+        run_sh(recipe, "--stage", "10", "--stop_stage", "13", "--asr_config", str(entry.config.resolve()),
+               "--asr_tag", tag, "--test_sets", test_set, *merged_asr_args([*run_args, *options]), log=log)
+
+    if jobs == 1:  # one after another, stopping at the first that fails
+        for run in plan:
+            make(run)
+    else:  # side by side: a failed run stops none of the others, and all failures are named at the end
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            outcomes = [pool.submit(make, run) for run in plan]
+        failed = [str(outcome.exception()) for outcome in outcomes if outcome.exception()]
+        if failed:
+            raise RuntimeError("; ".join(failed))
+    rows = []
+    for entry in entries:
+        runs = [summarise(recipe, entry, tag, seed, test_set) for e, seed, tag, _ in plan if e is entry]
         rows.append({"name": entry.name, "runs": runs})
-    table = markdown(rows)
+    table = markdown(rows, jobs)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table + "\n")
     out.with_suffix(".json").write_text(json.dumps(
@@ -271,12 +328,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="train every config once per seed (default: once, with the config's seed)")
     parser.add_argument("--out", type=Path, required=True, help="writes <out>.md, <out>.json and <out>.png")
     parser.add_argument("--test_set", default="test")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at a time (default 1: one after another, times comparable)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more")
     entries = [Entry.parse(text) for text in args.configs]
     for entry in entries:
         if not entry.config.is_file():
             parser.error(f"--configs: {entry.config} does not exist")
-    print(compare(args.recipe_dir, entries, args.out, args.test_set, run_args, args.seeds))
+    print(compare(args.recipe_dir, entries, args.out, args.test_set, run_args, args.seeds, args.jobs))
 
 
 if __name__ == "__main__":
