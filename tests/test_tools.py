@@ -121,7 +121,7 @@ def _fake_recipe(tmp_path, monkeypatch, fail_tag=None):
     from espnet_lowrank.tools import compare as tool
 
     (tmp_path / "run.sh").write_text(
-        "#!/usr/bin/env bash\necho \"run.sh $*\"\n"
+        "#!/usr/bin/env bash\necho \"run.sh $* (OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset})\"\n"
         + (f"[[ \" $* \" == *' --asr_tag {fail_tag} '* ]] && exit 3\n" if fail_tag else "") + "exit 0\n")
     (tmp_path / "run.sh").chmod(0o755)
     monkeypatch.setattr(tool, "ROOT", tmp_path)
@@ -139,9 +139,9 @@ def test_compare_jobs_trains_runs_side_by_side_and_does_not_compare_their_times(
     all_started = threading.Barrier(3, timeout=20)
     real_run_sh, calls = tool.run_sh, []
 
-    def run_sh(recipe, *options, log=None):
+    def run_sh(recipe, *options, log=None, side_by_side=1):
         calls.append(options)
-        real_run_sh(recipe, *options, log=log)
+        real_run_sh(recipe, *options, log=log, side_by_side=side_by_side)
         if "--asr_tag" in options:
             all_started.wait()  # times out unless the three runs are in flight at once
 
@@ -149,13 +149,15 @@ def test_compare_jobs_trains_runs_side_by_side_and_does_not_compare_their_times(
     monkeypatch.setattr(tool, "summarise", lambda recipe, entry, tag, seed, test_set: tool.Run(
         tag=tag, seed=seed, params=2_000_000 if "first" in tag else 1_000_000, epochs=[1, 2],
         valid_acc=[0.5, 0.6], valid_loss=[2.0, 1.0], train_seconds=120.0, wer=20.0, cer=5.0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
     out = tmp_path / "results" / "study"
     table = tool.compare(tmp_path, [tool.Entry(configs[0]), tool.Entry(configs[1], seeds=[2022, 7])], out,
                          "test", ["--ngpu", "1"], jobs=3).splitlines()
     # data stages, then the shared statistics (stage 10) once, before any run starts
     assert calls[0][:2] == ("--stop_stage", "5") and calls[1][:4] == ("--stage", "10", "--stop_stage", "10")
     assert sorted(c[c.index("--asr_tag") + 1] for c in calls[2:]) == ["first", "second", "second_seed7"]
-    assert "--asr_tag second_seed7 --test_sets test --ngpu 1 --asr_args --seed 7" in (
+    # each of the 3 runs takes a third of the 6 threads allowed
+    assert "--asr_tag second_seed7 --test_sets test --ngpu 1 --asr_args --seed 7 (OMP_NUM_THREADS=2)" in (
         out.parent / "study_logs" / "second_seed7.log").read_text()
     assert table[2].split("|")[6].strip() == "–" and table[3].split("|")[3].strip() == "2.00×"
     assert "3 runs at a time" in table[-1] and "not compared" in table[-1]

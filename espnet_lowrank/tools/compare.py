@@ -17,9 +17,10 @@ number) and ``<out>.png`` (validation accuracy and loss per epoch, every
 run; a dense warm-up's epochs come first). Finished runs are reused, so rows
 can be added later. Extra ``run.sh`` options for every run go after ``--``.
 
-``--jobs N`` trains N runs at a time (on a GPU machine, where one small run
-leaves the GPU mostly idle), each run's output in ``<out>_logs/<tag>.log``;
-their training times then share the machine, and the table does not compare them.
+``--jobs N`` trains N runs at a time (on a machine with many cores, or a GPU
+that one small run leaves mostly idle), each with 1/N of the threads
+(``OMP_NUM_THREADS``) and its output in ``<out>_logs/<tag>.log``; their training
+times then share the machine, and the table does not compare them.
 """
 
 import argparse
@@ -38,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from espnet_lowrank.errors import one_line_errors
+from espnet_lowrank.threads import job_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Where run.sh puts the dense phase of ``--lowrank_warmup_epochs`` inside an exp dir.
@@ -248,17 +250,20 @@ def plot(rows: List[Dict], path: Path) -> None:
     plt.close(figure)
 
 
-def run_sh(recipe: Path, *options: str, log: Optional[Path] = None) -> None:
-    """One run.sh call; its output to ``log`` if given (runs made side by side), else to ours."""
+def run_sh(recipe: Path, *options: str, log: Optional[Path] = None, side_by_side: int = 1) -> None:
+    """One run.sh call; its output to ``log`` if given, else to ours. One of ``side_by_side``
+    runs at a time gets that share of the threads (OMP_NUM_THREADS), for every process it starts:
+    torch processes that each take every core slow each other many times over."""
     command = [str(ROOT / "run.sh"), "--python", sys.executable, *options]
     # one print per line: runs started side by side must not interleave their lines
     print(f"+ {shlex.join(command)}" + (f" > {log}" if log else ""), file=sys.stderr, flush=True)
+    environment = job_environment(side_by_side) if side_by_side > 1 else None
     if log is None:
-        subprocess.run(command, cwd=recipe, check=True)
+        subprocess.run(command, cwd=recipe, check=True, env=environment)
         return
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as output:
-        if subprocess.run(command, cwd=recipe, stdout=output, stderr=subprocess.STDOUT).returncode:
+        if subprocess.run(command, cwd=recipe, stdout=output, stderr=subprocess.STDOUT, env=environment).returncode:
             raise RuntimeError(f"run.sh {shlex.join(options)} failed: see {log}")
 
 
@@ -293,7 +298,8 @@ def compare(recipe: Path, entries: Sequence[Entry], out: Path, test_set: str,
         entry, _, tag, options = run
         log = out.parent / f"{out.name}_logs" / f"{tag}.log" if jobs > 1 else None
         run_sh(recipe, "--stage", "10", "--stop_stage", "13", "--asr_config", str(entry.config.resolve()),
-               "--asr_tag", tag, "--test_sets", test_set, *merged_asr_args([*run_args, *options]), log=log)
+               "--asr_tag", tag, "--test_sets", test_set, *merged_asr_args([*run_args, *options]), log=log,
+               side_by_side=jobs)
 
     if jobs == 1:  # one after another, stopping at the first that fails
         for run in plan:
