@@ -179,7 +179,7 @@ def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
     dense = count_parameters(build_model(root / "compare" / "train_asr_conformer_demo.yaml", vocab_size=28))
     assert lrsms["dense_params"] == dense  # the dense config is exactly LR-SMS's dense twin
     for name in ("lowrank_attention12", "lowrank_ffn50", "lrsms_random_init", "lrsms_constant",
-                 "lrsms_subsampling", "lrsms_below_break_even"):
+                 "lrsms_subsampling", "lrsms_below_break_even", "lrsms_subsampling375"):
         model = build_model(root / "compare" / f"train_asr_{name}_demo.yaml", vocab_size=28)
         assert low_rank_layers(model), name
         assert count_parameters(model) < dense, name
@@ -203,6 +203,21 @@ def test_the_demo_lrsms_has_no_layer_at_break_even(caplog):
         layers = [layer for _, layer in low_rank_layers(model)]
         assert layers and all(layer.rank < break_even_rank(layer.in_features, layer.out_features)
                               for layer in layers), config
+
+
+def test_the_subsampling375_config_is_the_default_but_for_its_subsampling():
+    """results.md sets it beside the default LR-SMS: the subsampling's rank must be all that differs."""
+    from espnet_lowrank.model_config import read_config
+    from espnet_lowrank.surgery import low_rank_layers
+
+    root = CONF.parents[1] / "conf"
+    default = read_config(root / "train_asr_lrsms_demo.yaml")
+    variant = read_config(root / "compare" / "train_asr_lrsms_subsampling375_demo.yaml")
+    assert variant["encoder_conf"].pop("lowrank_input_layer")["ratio"] == 0.375
+    assert variant == default
+    ranks = dict((name, layer.rank) for name, layer in low_rank_layers(
+        build_model(root / "compare" / "train_asr_lrsms_subsampling375_demo.yaml", vocab_size=28)))
+    assert ranks["encoder.embed.conv.2"] == 56  # 0.375 of 144 channels, to a multiple of 8
 
 
 def test_the_reallocated_lrsms_moves_rank_within_the_default_budget():
