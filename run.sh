@@ -319,9 +319,10 @@ train() {  # train CONFIG OUTPUT_DIR [asr_train options]: one resumable ESPnet t
     --asr_args="${asr_args} $*" --while_alive $$ &
   progress=$!
   local threads=()
-  if [ "${train_procs}" -gt 1 ]; then
+  # several processes divide the threads; one process takes --job_threads if given (runs side by side)
+  if [ "${train_procs}" -gt 1 ] || [ "${job_threads}" -gt 0 ]; then
     threads=(env "OMP_NUM_THREADS=$(py espnet_lowrank.threads --jobs "${train_procs}" --job_threads "${job_threads}")") || exit 1
-    log "stage 11: ${train_procs} training processes, ${threads[1]#*=} thread(s) each"
+    log "stage 11: ${train_procs} training process(es), ${threads[1]#*=} thread(s) each"
   fi
   # --resume true: a killed run continues from ${out}/checkpoint.pth, finished epochs kept
   "${threads[@]}" "${launcher[@]}" $(asr_train_args "${config}" "${out}" "$@") "${process_args[@]}" "${extra[@]}" >> "${out}/train.log" 2>&1 || {

@@ -167,7 +167,7 @@ def test_training_resumes_after_kill_9(pipeline):
     recipe = pipeline["recipe"]
     exp = recipe / "exp" / "asr_resume"
     options = [*TINY, "--asr_tag", "resume", "--stage", "11", "--stop_stage", "11",
-               *SPEED_PERTURB,
+               *SPEED_PERTURB, "--job_threads", "2",
                "--asr_args", "--max_epoch 3 --batch_size 2 --batch_type unsorted"]
     kill_when_written(recipe, options, exp / "1epoch.pth")
     assert not (exp / "3epoch.pth").exists() and not (exp / ".done").exists()
@@ -176,6 +176,8 @@ def test_training_resumes_after_kill_9(pipeline):
     assert (exp / "3epoch.pth").exists() and (exp / ".done").exists()
     assert (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch  # epoch 1 was not trained again
     assert "resumed" in (exp / "train.log").read_text().lower()
+    # --job_threads reaches a run's one training process (run() exports OMP_NUM_THREADS=1)
+    assert "asr_train: 2 torch thread(s)" in (exp / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -238,7 +240,7 @@ def test_two_cpu_processes_train_and_resume_after_one_is_killed(pipeline):
     result = run(recipe, *options)
     assert (exp / ".done").exists() and (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch
     log = (exp / "train.log").read_text()
-    assert "stage 11: 2 training processes, 1 thread(s) each" in result.stderr  # OMP_NUM_THREADS=1 divided
+    assert "stage 11: 2 training process(es), 1 thread(s) each" in result.stderr  # OMP_NUM_THREADS=1 divided
     assert ":0/2]" in log and "stage 11: epoch 2/2" in result.stderr  # rank 0 of a world of 2 (the others log warnings only)
     assert "all 2 ranks hold identical weights" in log
 

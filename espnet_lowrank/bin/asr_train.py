@@ -60,6 +60,8 @@ def check_ranks_agree() -> None:
 
 
 if __name__ == "__main__":
+    # runs side by side divide the cores among them (espnet_lowrank.threads): train.log says what this one got
+    print(f"asr_train: {torch.get_num_threads()} torch thread(s)", file=sys.stderr, flush=True)
     prepare_resume(sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.nn.parallel.DistributedDataParallel = _RecordedDDP
