@@ -17,8 +17,8 @@ number) and ``<out>.png`` (validation accuracy and loss per epoch, every
 run; a dense warm-up's epochs come first). Finished runs are reused, so rows
 can be added later. Extra ``run.sh`` options for every run go after ``--``.
 
-``--jobs N`` trains N runs at a time (on a machine with many cores, or a GPU
-that one small run leaves mostly idle), each with 1/N of the threads
+``--jobs N`` trains N runs at a time (on a machine with more cores than one
+run can use), each with 1/N of the threads
 (``OMP_NUM_THREADS``) and its output in ``<out>_logs/<tag>.log``; their training
 times then share the machine, and the table does not compare them.
 """
