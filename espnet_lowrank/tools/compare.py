@@ -156,16 +156,6 @@ def split_run_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     return argv[: argv.index("--")], argv[argv.index("--") + 1:]
 
 
-def with_asr_args(options: Sequence[str], extra: str) -> List[str]:
-    """run.sh options whose ``--asr_args`` also carry ``extra`` (last, so they win)."""
-    options = list(options)
-    if "--asr_args" in options:
-        index = options.index("--asr_args") + 1
-        options[index] = f"{options[index]} {extra}"
-        return options
-    return [*options, "--asr_args", extra]
-
-
 def merged_asr_args(options: Sequence[str]) -> List[str]:
     """run.sh options with every ``--asr_args`` joined into one, in order: run.sh keeps only the
     last it is given, so the options for every run and a run's own (its seed) would drop each other."""
@@ -179,6 +169,11 @@ def merged_asr_args(options: Sequence[str]) -> List[str]:
         else:
             rest.append(word)
     return [*rest, "--asr_args", " ".join(extra)] if extra else rest
+
+
+def with_asr_args(options: Sequence[str], extra: str) -> List[str]:
+    """run.sh options whose ``--asr_args`` also carry ``extra`` (last, so they win)."""
+    return merged_asr_args([*options, "--asr_args", extra])
 
 
 def with_seed(options: Sequence[str], seed: int) -> List[str]:
