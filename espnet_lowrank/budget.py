@@ -157,7 +157,7 @@ def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor]
                 if f"{prefix}.{index}" in exclude:
                     continue
                 matrices = [
-                    _low_rank_class(layer, f"{prefix}.{index}.{path}")._weight_as_matrix(
+                    _low_rank_class(layer, f"{prefix}.{index}.{path}").weight_as_matrix(
                         dense_state[f"{prefix}.{index}.{path}.weight"])
                     for path in paths if (layer := _get_submodule_or_none(block, path)) is not None
                 ]

@@ -7,9 +7,11 @@ from typeguard import typechecked
 
 from espnet_lowrank._compat import PositionalEncoding
 from espnet_lowrank._passthrough import parent_kwargs
+from espnet_lowrank.frobenius import apply_frobenius_decay
 from espnet_lowrank.guide import GuidedTraining
+from espnet_lowrank.lr_scale import apply_lr_scale
 from espnet_lowrank.strict_loading import CheckedStateDictLoading
-from espnet_lowrank.surgery import apply_frobenius_decay, apply_lr_scale, factorize_blocks
+from espnet_lowrank.surgery import factorize_blocks
 
 
 def _attention(name: str) -> tuple:

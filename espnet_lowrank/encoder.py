@@ -6,9 +6,11 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from typeguard import typechecked
 
 from espnet_lowrank._passthrough import parent_kwargs
+from espnet_lowrank.frobenius import apply_frobenius_decay
 from espnet_lowrank.guide import GuidedTraining
+from espnet_lowrank.lr_scale import apply_lr_scale
 from espnet_lowrank.strict_loading import CheckedStateDictLoading
-from espnet_lowrank.surgery import apply_frobenius_decay, apply_lr_scale, factorize_blocks
+from espnet_lowrank.surgery import factorize_blocks
 
 #: Layer groups of one Conformer block, by sub-layer path.
 ENCODER_GROUPS = {

@@ -24,9 +24,58 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from espnet_lowrank.layers import LowRankLinear, check_choice, spectral_factors
+from espnet_lowrank.layers import LowRankLinear, spectral_factors
+from espnet_lowrank.surgery import layers_to
+from espnet_lowrank.validation import check_choice
 
 GUIDE_SCHEDULES = ("cosine", "linear", "switch")
+
+
+class DenseGuide:
+    """A layer's blend (:class:`espnet_lowrank.layers.Blend`) while it is guided: the output is
+    ``α·Wx + (1−α)·U(Vx)`` with the dense guide W, the layer's parameter ``guide`` (so checkpoints
+    name it ``<layer>.guide``). At α = 1 the factors wait: they get no gradient, so no optimiser
+    state either."""
+
+    def __init__(self):
+        self.alpha = 1.0
+
+    def output(self, layer, x, u, v):
+        alpha = self.alpha
+        if alpha == 0.0:
+            return layer.apply_factors(x, u, v, layer.bias)
+        if alpha == 1.0:
+            return layer.apply_matrix(x, layer.guide, layer.bias)
+        return layer.apply_matrix(x, alpha * layer.guide, layer.bias) + layer.apply_factors(x, (1 - alpha) * u, v, None)
+
+    def matrix(self, layer, u, v):
+        return self.alpha * layer.guide + (1 - self.alpha) * (u @ v)
+
+    @torch.no_grad()
+    def restart(self, layer) -> None:
+        """The factors were drawn anew (ESPnet's ``--init``): the guide starts at their ``U·V`` again."""
+        u, v = layer.factors()
+        layer.guide.copy_(u @ v)
+
+
+def add_guide(layer: LowRankLinear) -> None:
+    """Give ``layer`` a dense guide W that starts at its ``U·V``, at α = 1 (self-guided training,
+    Wei et al. 2024): the dense path carries the function while the factors, trained jointly,
+    learn to take it over as α falls to 0."""
+    u, v = layer.factors()
+    layer.guide = nn.Parameter((u @ v).detach().clone())
+    layer.blend = DenseGuide()
+
+
+def drop_guide(layer: LowRankLinear) -> None:
+    """Remove the guide: the layer is plain low rank again, in its computation and its state dict."""
+    del layer.guide
+    layer.blend = None
+
+
+def layer_guide(layer: LowRankLinear) -> Optional[DenseGuide]:
+    """The layer's guide while it has one, else None."""
+    return layer.blend if isinstance(layer.blend, DenseGuide) else None
 
 
 def guide_alpha(step: int, steps: int, schedule: str) -> float:
@@ -55,7 +104,7 @@ class GuideSchedule(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._layers = list(layers)
         for layer in self._layers:
-            layer.add_guide()
+            add_guide(layer)
 
     @property
     def alpha(self) -> float:
@@ -70,13 +119,15 @@ class GuideSchedule(nn.Module):
         ``switch`` schedule first restarts the factors from its guide)."""
         alpha = self.alpha
         for layer in self._layers:
+            guide = layer_guide(layer)
+            if guide is None:
+                continue
             if alpha == 0.0:
-                if layer.guide is not None:
-                    if self.schedule == "switch":
-                        layer.set_factors(*spectral_factors(layer.guide.detach(), layer.rank))
-                    layer.drop_guide()
+                if self.schedule == "switch":
+                    layer.set_factors(*spectral_factors(layer.guide.detach(), layer.rank))
+                drop_guide(layer)
             else:
-                layer.guide_alpha = alpha
+                guide.alpha = alpha
 
     def before_forward(self, training: bool) -> None:
         """Called before each forward of the owner: a training batch uses the
@@ -98,10 +149,10 @@ class GuideSchedule(nn.Module):
             return  # not a guided checkpoint: the key check names what is missing
         self.step.fill_(min(int(step), self.steps))
         for layer in self._layers:
-            if self.finished and layer.guide is not None:
-                layer.drop_guide()  # the checkpoint holds the factors that replaced it
-            elif not self.finished and layer.guide is None:
-                layer.add_guide()
+            if self.finished and layer_guide(layer) is not None:
+                drop_guide(layer)  # the checkpoint holds the factors that replaced it
+            elif not self.finished and layer_guide(layer) is None:
+                add_guide(layer)
         self.sync()
 
     def extra_repr(self) -> str:
@@ -147,9 +198,7 @@ class GuidedTraining:
         if conf is None:
             self.lowrank_guide = None
             return
-        layers = [m for m in self.modules() if isinstance(m, LowRankLinear)]
-        if not layers:
-            raise ValueError(f"{key} is set but no layer group is low rank: nothing to guide")
+        layers = layers_to(self, key, "guide")
         self.lowrank_guide = GuideSchedule(layers, conf["steps"], conf.get("schedule", "cosine"))
         self.register_forward_pre_hook(_advance_guide)
         self.register_load_state_dict_post_hook(_sync_guide)

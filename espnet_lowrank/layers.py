@@ -4,17 +4,31 @@ One shared core (:class:`LowRankLinear`) owns the factors, their spectral
 initialisation, merging back to a dense weight and the cost counts. The
 Conformer's pointwise ``Conv1d(kernel_size=1)`` is the same matrix applied
 channels-first, and a ``Conv2d`` is the matrix ``out × (in·kh·kw)`` applied to
-every patch, so their twins only change ``forward`` and how a dense weight is
-shaped.
+every patch, so their twins only change how a matrix is applied and how a
+dense weight is shaped.
+
+The training aids are not here: each is a small piece in its own module that a
+layer is composed with, through two extension points (as torch's own hooks are):
+
+- a *factor transform* (:meth:`LowRankLinear.register_factor_transform`) sits
+  between the stored parameters and the factors the layer applies
+  (:mod:`espnet_lowrank.lr_scale` stores them scaled,
+  :mod:`espnet_lowrank.frobenius` adds the decay's gradient);
+- a *blend* (:attr:`LowRankLinear.blend`) mixes a dense path into the output
+  (:mod:`espnet_lowrank.guide`).
 """
 
 import math
-from typing import Tuple, Union
+from collections import OrderedDict
+from typing import Optional, Protocol, Tuple, Union
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
+from torch.utils.hooks import RemovableHandle
+
+from espnet_lowrank.validation import check_choice
 
 #: Dense initialisations a factor pair can be spectrally initialised from.
 #: ``pytorch`` is torch's own default for ``nn.Linear``/``nn.Conv1d`` (what a
@@ -33,16 +47,10 @@ DENSE_INITS = (
 #: (the paper's spectral init); ``random`` draws each factor on its own.
 FACTOR_INITS = ("svd", "random")
 
-
-def check_choice(key: str, value: str, choices) -> None:
-    """Refuse an unknown option value, naming the key and the choices."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is unknown; choose one of {', '.join(choices)}")
+Factors = Tuple[torch.Tensor, torch.Tensor]
 
 
-def draw_dense_weight(
-    out_features: int, in_features: int, scheme: str
-) -> torch.Tensor:
+def draw_dense_weight(out_features: int, in_features: int, scheme: str) -> torch.Tensor:
     """A fresh dense ``out × in`` weight drawn the way ``scheme`` says."""
     weight = torch.empty(out_features, in_features)
     if scheme == "pytorch":
@@ -62,9 +70,7 @@ def draw_dense_weight(
     return weight
 
 
-def spectral_factors(
-    weight: torch.Tensor, rank: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def spectral_factors(weight: torch.Tensor, rank: int) -> Factors:
     """Best rank-``rank`` factors ``U (out×r)``, ``V (r×in)`` of ``weight``.
 
     Truncated SVD with √S given to both sides, so the factors start balanced
@@ -75,6 +81,29 @@ def spectral_factors(
     u = left[:, :rank] * root
     v = root[:, None] * right_t[:rank]
     return u.to(weight.dtype), v.to(weight.dtype)
+
+
+class FactorTransform(Protocol):
+    """Between a layer's stored parameters and the factors it applies."""
+
+    def applied(self, layer: "LowRankLinear", u: torch.Tensor, v: torch.Tensor) -> Factors:
+        """The factors as applied, from the stored ones (in the forward pass)."""
+
+    def stored(self, layer: "LowRankLinear", u: torch.Tensor, v: torch.Tensor) -> Factors:
+        """The inverse: what to store for the layer to apply ``u·v``."""
+
+
+class Blend(Protocol):
+    """A dense path mixed into a layer's output."""
+
+    def output(self, layer: "LowRankLinear", x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The layer's output, given its input and applied factors."""
+
+    def matrix(self, layer: "LowRankLinear", u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The ``out × in`` matrix the layer applies with this blend (for merging)."""
+
+    def restart(self, layer: "LowRankLinear") -> None:
+        """Called after the layer's factors were drawn anew."""
 
 
 class LowRankLinear(nn.Module):
@@ -110,17 +139,40 @@ class LowRankLinear(nn.Module):
         self.V = nn.Parameter(torch.empty(rank, in_features))
         self.U = nn.Parameter(torch.empty(out_features, rank))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        # guided training (espnet_lowrank.guide sets them): the dense guide
-        # ``out × in`` matrix, or None, and the weight α of its path
-        self.register_parameter("guide", None)
-        self.guide_alpha = 0.0
-        #: λ of the Frobenius decay (λ/2)·‖UV‖²_F added to the training gradients
-        self.frobenius_decay = 0.0
-        #: the factors are stored divided by it (see :meth:`set_lr_scale`)
-        self.lr_scale = 1.0
-        self._register_state_dict_hook(_factors_to_state_dict)
-        self._register_load_state_dict_pre_hook(_factors_from_state_dict, with_module=True)
+        self._factor_transforms: "OrderedDict[int, FactorTransform]" = OrderedDict()
+        #: a dense path mixed into the output, or None (see :class:`Blend`)
+        self.blend: Optional[Blend] = None
         self.reset_parameters()
+
+    # -- the factors ----------------------------------------------------------
+    def factors(self) -> Factors:
+        """``(U, V)`` as the layer applies them: the stored parameters through
+        every factor transform, in order."""
+        u, v = self.U, self.V
+        for transform in self._factor_transforms.values():
+            u, v = transform.applied(self, u, v)
+        return u, v
+
+    @torch.no_grad()
+    def set_factors(self, u: torch.Tensor, v: torch.Tensor) -> None:
+        """Make the layer apply ``u·v``."""
+        for transform in reversed(self._factor_transforms.values()):
+            u, v = transform.stored(self, u, v)
+        self.U.copy_(u)
+        self.V.copy_(v)
+
+    def factor_transforms(self) -> Tuple[FactorTransform, ...]:
+        """The factor transforms, in the order the forward pass applies them."""
+        return tuple(self._factor_transforms.values())
+
+    def register_factor_transform(self, transform: FactorTransform, prepend: bool = False) -> RemovableHandle:
+        """Put ``transform`` between the stored parameters and the applied
+        factors, last (or first, with ``prepend``); the handle removes it."""
+        handle = RemovableHandle(self._factor_transforms)
+        self._factor_transforms[handle.id] = transform
+        if prepend:
+            self._factor_transforms.move_to_end(handle.id, last=False)
+        return handle
 
     # -- initialisation -------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -141,41 +193,13 @@ class LowRankLinear(nn.Module):
             nn.init.kaiming_uniform_(v, a=math.sqrt(5))
         self.set_factors(u, v)
 
-    @torch.no_grad()
-    def set_factors(self, u: torch.Tensor, v: torch.Tensor) -> None:
-        """Make the layer apply ``u·v``."""
-        self.U.copy_(u / self.lr_scale)
-        self.V.copy_(v / self.lr_scale)
-
-    def factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(U, V)`` as the layer applies them (and as its state dict holds them)."""
-        if self.lr_scale == 1.0:
-            return self.U, self.V
-        return self.U * self.lr_scale, self.V * self.lr_scale
-
-    def set_lr_scale(self, scale: float) -> None:
-        """Store the factors divided by ``scale`` and multiply them back in the
-        forward pass: the function, the state dict and the gradients with
-        respect to the applied factors stay the same, but an Adam-type
-        optimiser, whose step is ``lr`` per stored entry whatever the
-        gradient's scale, now moves the applied factors ``scale`` times as far
-        (SGD: ``scale²``). A learning-rate multiplier for the factors that
-        needs no change to ESPnet's optimiser."""
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-            raise ValueError(f"lr_scale={scale!r}: must be a number > 0")
-        u, v = (f.detach().clone() for f in self.factors())
-        self.lr_scale = float(scale)
-        self.set_factors(u, v)
-
     def espnet_initialization_fn(self) -> None:
         """Called by ESPnet's ``initialize()`` after ``--init`` has overwritten
-        U and V independently, which breaks the spectral init: redo it (and
-        restart a guide at the new ``U·V``). The bias keeps the value
-        ``--init`` gave it."""
+        U and V independently, which breaks the spectral init: redo it. The
+        bias keeps the value ``--init`` gave it."""
         self.reset_factors()
-        if self.guide is not None:
-            with torch.no_grad():
-                self.guide.copy_(self._product())
+        if self.blend is not None:
+            self.blend.restart(self)
 
     # -- conversion from and to dense -----------------------------------------
     @classmethod
@@ -186,7 +210,7 @@ class LowRankLinear(nn.Module):
         factorised (so full rank reproduces it), with ``random`` only its
         shape and bias are kept."""
         check_choice("init", init, FACTOR_INITS)
-        matrix = cls._weight_as_matrix(dense.weight.detach())
+        matrix = cls.weight_as_matrix(dense.weight.detach())
         # built with the cheap random init, then given the dense layer's own
         # factors: drawing and factorising a fresh dense matrix would be wasted
         layer = cls._shaped_like(dense, rank, dense_init)
@@ -202,16 +226,14 @@ class LowRankLinear(nn.Module):
     @classmethod
     def _shaped_like(cls, dense: nn.Module, rank: int, dense_init: str) -> "LowRankLinear":
         """A randomly initialised layer of ``dense``'s shape."""
-        out_features, in_features = cls._weight_as_matrix(dense.weight).shape
+        out_features, in_features = cls.weight_as_matrix(dense.weight).shape
         return cls(in_features, out_features, rank, dense.bias is not None, "random", dense_init)
 
     def to_dense_weight(self) -> torch.Tensor:
-        """The weight this layer applies, shaped like the dense layer's:
-        ``U·V``, or ``α·W + (1−α)·U·V`` while a guide is on."""
-        matrix = self._product()
-        if self.guide is not None:
-            matrix = self.guide_alpha * self.guide + (1 - self.guide_alpha) * matrix
-        return self._matrix_as_weight(matrix)
+        """The weight this layer applies, shaped like the dense layer's."""
+        u, v = self.factors()
+        matrix = u @ v if self.blend is None else self.blend.matrix(self, u, v)
+        return self.matrix_as_weight(matrix)
 
     def to_dense(self) -> nn.Module:
         """A dense layer computing the same function (for export or checks)."""
@@ -227,10 +249,11 @@ class LowRankLinear(nn.Module):
         return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
 
     @staticmethod
-    def _weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
+    def weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
+        """A dense layer's weight as the ``out × in`` matrix the factors approximate."""
         return weight
 
-    def _matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+    def matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix
 
     # -- cost -----------------------------------------------------------------
@@ -250,41 +273,19 @@ class LowRankLinear(nn.Module):
     def dense_macs_per_position(self) -> int:
         return self.in_features * self.out_features
 
-    # -- guided training --------------------------------------------------------
-    def add_guide(self) -> None:
-        """Give the layer a dense guide W that starts at ``U·V``: while it is on,
-        the output is ``α·Wx + (1−α)·U(Vx)`` (self-guided training, Wei et al.
-        2024): the dense path carries the function while the factors, trained
-        jointly, learn to take it over as α falls to 0."""
-        self.guide = nn.Parameter(self._product().detach().clone())
-        self.guide_alpha = 1.0
-
-    def drop_guide(self) -> None:
-        """Remove the guide (at α = 0): the layer is plain low rank again, in
-        its computation and in its state dict."""
-        self.guide = None
-        self.guide_alpha = 0.0
-
     # -- compute --------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, v = self.factors()
-        if self.frobenius_decay and self.training and torch.is_grad_enabled():
-            u, v = FrobeniusDecay.apply(u, v, self.frobenius_decay)
-        if self.guide is None or self.guide_alpha == 0.0:
-            return self._factored(x, u, v, self.bias)
-        alpha = self.guide_alpha
-        if alpha == 1.0:  # the factors wait: no gradients, no optimiser state for them yet
-            return self._dense(x, self.guide, self.bias)
-        return self._dense(x, alpha * self.guide, self.bias) + self._factored(x, (1 - alpha) * u, v, None)
+        if self.blend is not None:
+            return self.blend.output(self, x, u, v)
+        return self.apply_factors(x, u, v, self.bias)
 
-    def _product(self) -> torch.Tensor:
-        u, v = self.factors()
-        return u @ v
-
-    def _factored(self, x, u, v, bias):
+    def apply_factors(self, x, u, v, bias):
+        """``u (v x) + bias`` in this layer's form."""
         return F.linear(F.linear(x, v), u, bias)
 
-    def _dense(self, x, matrix, bias):
+    def apply_matrix(self, x, matrix, bias):
+        """``matrix x + bias`` in this layer's form, for an ``out × in`` matrix."""
         return F.linear(x, matrix, bias)
 
     def extra_repr(self) -> str:
@@ -292,39 +293,6 @@ class LowRankLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"rank={self.rank}, bias={self.bias is not None}, init={self.init}"
         )
-
-
-def _factors_to_state_dict(module, state_dict, prefix, local_metadata) -> None:
-    """Checkpoints hold the applied factors, whatever the layer's ``lr_scale``."""
-    if module.lr_scale != 1.0:
-        for name in ("U", "V"):
-            state_dict[prefix + name] = state_dict[prefix + name] * module.lr_scale
-
-
-def _factors_from_state_dict(module, state_dict, prefix, *args) -> None:
-    if module.lr_scale != 1.0:
-        for name in ("U", "V"):
-            if prefix + name in state_dict:
-                state_dict[prefix + name] = state_dict[prefix + name] / module.lr_scale
-
-
-class FrobeniusDecay(torch.autograd.Function):
-    """Identity on a factor pair ``(U, V)`` whose backward adds the gradient of
-    ``(λ/2)·‖UV‖²_F``: ``λ·U(VVᵀ)`` to U's and ``λ·(UᵀU)V`` to V's (Khodak et
-    al. 2021). Unlike weight decay on U and V apart, which acts like a
-    nuclear-norm penalty on UV and pushes its rank down, it decays the
-    product the layer applies, as weight decay does a dense weight."""
-
-    @staticmethod
-    def forward(ctx, u, v, decay):
-        ctx.save_for_backward(u, v)
-        ctx.decay = decay
-        return u.view_as(u), v.view_as(v)
-
-    @staticmethod
-    def backward(ctx, grad_u, grad_v):
-        u, v = ctx.saved_tensors
-        return grad_u + ctx.decay * (u @ (v @ v.T)), grad_v + ctx.decay * ((u.T @ u) @ v), None
 
 
 class LowRankPointwiseConv1d(LowRankLinear):
@@ -337,20 +305,20 @@ class LowRankPointwiseConv1d(LowRankLinear):
         )
 
     @staticmethod
-    def _weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
+    def weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
         if weight.dim() != 3 or weight.shape[-1] != 1:
             raise ValueError(
                 f"a pointwise Conv1d weight is (out, in, 1); got {tuple(weight.shape)}"
             )
         return weight[..., 0]
 
-    def _matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+    def matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.unsqueeze(-1)
 
-    def _factored(self, x, u, v, bias):
+    def apply_factors(self, x, u, v, bias):
         return F.conv1d(F.conv1d(x, v.unsqueeze(-1)), u.unsqueeze(-1), bias)
 
-    def _dense(self, x, matrix, bias):
+    def apply_matrix(self, x, matrix, bias):
         return F.conv1d(x, matrix.unsqueeze(-1), bias)
 
 
@@ -395,20 +363,20 @@ class LowRankConv2d(LowRankLinear):
         )
 
     @staticmethod
-    def _weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
+    def weight_as_matrix(weight: torch.Tensor) -> torch.Tensor:
         if weight.dim() != 4:
             raise ValueError(f"a Conv2d weight is (out, in, kh, kw); got {tuple(weight.shape)}")
         return weight.reshape(weight.shape[0], -1)
 
-    def _matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+    def matrix_as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.reshape(matrix.shape[0], self.in_channels, *self.kernel_size)
 
-    def _factored(self, x, u, v, bias):
-        hidden = F.conv2d(x, self._matrix_as_weight(v), stride=self.stride, padding=self.padding)
+    def apply_factors(self, x, u, v, bias):
+        hidden = F.conv2d(x, self.matrix_as_weight(v), stride=self.stride, padding=self.padding)
         return F.conv2d(hidden, u[:, :, None, None], bias)
 
-    def _dense(self, x, matrix, bias):
-        return F.conv2d(x, self._matrix_as_weight(matrix), bias, self.stride, self.padding)
+    def apply_matrix(self, x, matrix, bias):
+        return F.conv2d(x, self.matrix_as_weight(matrix), bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (

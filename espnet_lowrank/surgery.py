@@ -2,8 +2,10 @@
 low-rank ones.
 
 The maths of a factorised layer lives in :mod:`espnet_lowrank.layers`; which
-rank a block gets lives in :mod:`espnet_lowrank.rank_mapping`. This module only
-finds layers by name and replaces them.
+rank a block gets lives in :mod:`espnet_lowrank.rank_mapping`; the training
+aids a layer is composed with live in their own modules (``guide``,
+``frobenius``, ``lr_scale``). This module only finds layers by name and
+replaces them.
 """
 
 import logging
@@ -18,10 +20,10 @@ from espnet_lowrank.layers import (
     LowRankConv2d,
     LowRankLinear,
     LowRankPointwiseConv1d,
-    check_choice,
     spectral_factors,
 )
 from espnet_lowrank.rank_mapping import break_even_rank, build_rank_mapping, ratio_to_rank
+from espnet_lowrank.validation import check_choice
 
 
 def _low_rank_class(module: nn.Module, name: str):
@@ -90,7 +92,7 @@ def factorize_blocks(
                 if dense is None:
                     continue
                 cls = _low_rank_class(dense, f"{index}.{path}")
-                matrix = cls._weight_as_matrix(dense.weight)
+                matrix = cls.weight_as_matrix(dense.weight)
                 rank = ratio_to_rank(
                     ratios[index], matrix.shape[1], matrix.shape[0], mapping.multiple_of
                 )
@@ -135,21 +137,12 @@ def low_rank_layers(model: nn.Module) -> List[tuple]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
 
 
-def apply_frobenius_decay(model: nn.Module, decay: float, key: str) -> None:
-    """Give every factor pair of ``model`` Frobenius decay ``decay`` (λ). Its
-    factors are marked ``_no_weight_decay``: with ESPnet's
-    ``exclude_weight_decay: true`` the optimiser's weight decay then skips
-    them, so the product is decayed *instead of* each factor."""
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
-        raise ValueError(f"{key}={decay!r}: must be a number ≥ 0 (0 turns it off)")
-    if decay == 0:
-        return
-    layers = low_rank_layers(model)
+def layers_to(model: nn.Module, key: str, verb: str) -> List[LowRankLinear]:
+    """The low-rank layers a training aid set by option ``key`` acts on; refused when there are none."""
+    layers = [layer for _, layer in low_rank_layers(model)]
     if not layers:
-        raise ValueError(f"{key} is set but no layer group is low rank: nothing to decay")
-    for _, layer in layers:
-        layer.frobenius_decay = float(decay)
-        layer.U._no_weight_decay = layer.V._no_weight_decay = True
+        raise ValueError(f"{key} is set but no layer group is low rank: nothing to {verb}")
+    return layers
 
 
 def factorize_state_dict(
@@ -162,9 +155,10 @@ def factorize_state_dict(
     everything else is copied. Refuses, listing them, keys that are missing
     from ``dense_state``, left unused, or of another shape."""
     layers = dict(low_rank_layers(model))
+    model_state = model.state_dict()
     result: Dict[str, torch.Tensor] = {}
     used, factorised, missing, wrong_shape = set(), set(), [], []
-    for key, value in model.state_dict().items():
+    for key, value in model_state.items():
         module_name, _, leaf = key.rpartition(".")
         layer = layers.get(module_name)
         if layer is not None and leaf in ("U", "V", "guide"):
@@ -175,13 +169,13 @@ def factorize_state_dict(
                     missing.append(source)
                     continue
                 used.add(source)
-                matrix = layer._weight_as_matrix(dense_state[source])
+                matrix = layer.weight_as_matrix(dense_state[source])
                 if tuple(matrix.shape) != (layer.out_features, layer.in_features):
                     wrong_shape.append(f"{source} {tuple(dense_state[source].shape)}")
                     continue
                 u, v = spectral_factors(matrix.float(), layer.rank)
                 result[f"{module_name}.U"], result[f"{module_name}.V"] = u, v
-                if layer.guide is not None:
+                if f"{module_name}.guide" in model_state:
                     result[f"{module_name}.guide"] = u @ v
         elif key.endswith("lowrank_guide.step"):
             result[key] = value  # a converted model starts its guide schedule
@@ -200,20 +194,6 @@ def factorize_state_dict(
             f"other shapes [{', '.join(wrong_shape)}]"
         )
     return result
-
-
-def apply_lr_scale(model: nn.Module, scale: float, key: str) -> None:
-    """Multiply the effective learning rate of every factor pair of ``model``
-    by ``scale`` (Adam-type optimisers; see :meth:`LowRankLinear.set_lr_scale`)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-        raise ValueError(f"{key}={scale!r}: must be a number > 0 (1 leaves the factors' learning rate as is)")
-    if scale == 1:
-        return
-    layers = low_rank_layers(model)
-    if not layers:
-        raise ValueError(f"{key} is set but no layer group is low rank: nothing to scale")
-    for _, layer in layers:
-        layer.set_lr_scale(scale)
 
 
 def merge_low_rank(model: nn.Module) -> nn.Module:

@@ -5,12 +5,13 @@ import torch
 
 from conftest import TINY_ENCODER
 from espnet_lowrank.encoder import LowRankConformerEncoder
+from espnet_lowrank.frobenius import FrobeniusDecay, add_frobenius_decay
 from espnet_lowrank.layers import LowRankLinear
 
 
 def test_gradients_equal_autograd_of_the_penalty():
     layer = LowRankLinear(12, 9, 4).double()
-    layer.frobenius_decay = 0.3
+    add_frobenius_decay(layer, 0.3)
     x = torch.randn(5, 12, dtype=torch.float64)
     layer(x).sin().sum().backward()
     decayed = (layer.U.grad.clone(), layer.V.grad.clone())
@@ -25,7 +26,7 @@ def test_gradients_equal_autograd_of_the_penalty():
 
 def test_no_decay_outside_training():
     layer = LowRankLinear(6, 6, 2)
-    layer.frobenius_decay = 1.0
+    add_frobenius_decay(layer, 1.0)
     layer.eval()
     x = torch.randn(3, 6)
     layer(x).sum().backward()
@@ -43,7 +44,7 @@ def test_factors_leave_espnet_weight_decay_to_the_frobenius_decay():
         lowrank_frobenius_decay=1e-4,
     )
     q = encoder.encoders[0].self_attn.linear_q
-    assert q.frobenius_decay == 1e-4
+    assert [t.decay for t in q.factor_transforms() if isinstance(t, FrobeniusDecay)] == [1e-4]
     # ESPnet's exclude_weight_decay: true puts parameters marked _no_weight_decay in a group without it
     optimizer = configure_optimizer(encoder, torch.optim.Adam, {"lr": 1e-3, "weight_decay": 1e-2}, {})
     decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}

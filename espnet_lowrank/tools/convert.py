@@ -55,7 +55,7 @@ def energy_kept(dense_state: Dict[str, torch.Tensor], model) -> List[Dict]:
     rows = []
     for row in layer_rows(model):
         layer = model.get_submodule(row.module)
-        matrix = layer._weight_as_matrix(dense_state[f"{row.module}.weight"]).double()
+        matrix = layer.weight_as_matrix(dense_state[f"{row.module}.weight"]).double()
         squares = torch.linalg.svdvals(matrix).square()
         rows.append({"module": row.module, "group": f"{row.part} {row.group}", "rank": row.rank,
                      "energy": (squares[: row.rank].sum() / squares.sum()).item()})
