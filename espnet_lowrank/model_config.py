@@ -16,7 +16,6 @@ from typing import Any, List, Mapping, Optional, Sequence, Union
 import yaml
 
 import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
-from espnet_lowrank.errors import one_line_errors
 
 
 def asr_task():
@@ -184,22 +183,11 @@ def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Build the model of a training YAML once, before a long job starts: a bad
-    option, group or rank stops here in one line, and ranks above break-even
-    are warned about."""
-    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--token_list", type=Path, required=True)
-    args = parser.parse_args(argv)
-    appended = sorted(appended_options() & set(read_config(args.config)))
+def check_training_config(config: Path, token_list: Path) -> int:
+    """Build the model of a training YAML once, before a long job starts: a bad option, group or rank
+    stops here in one line, and ranks above break-even are warned about. Returns its parameters."""
+    appended = sorted(appended_options() & set(read_config(config)))
     if appended:
-        raise ValueError(f"config {args.config} sets {', '.join(appended)}, which run.sh passes itself and ESPnet "
+        raise ValueError(f"config {config} sets {', '.join(appended)}, which run.sh passes itself and ESPnet "
                          "would add to, not replace (a saved config.yaml?): remove them")
-    model = build_model(args.config, token_list=read_token_list(args.token_list))
-    print(f"{args.config}: {count_parameters(model) / 1e6:.2f} M parameters", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
+    return count_parameters(build_model(config, token_list=read_token_list(token_list)))

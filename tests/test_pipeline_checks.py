@@ -116,7 +116,7 @@ def test_a_second_run_on_one_experiment_stops_naming_the_first(tmp_path):
         (exp / ".lock").write_text(f"{first.pid}\n")
         result = run(recipe, "--stage", "11", "--stop_stage", "11", "--asr_tag", "x", check=False)
         assert result.returncode != 0
-        assert f"exp/asr_x is in use by another run.sh (PID {first.pid})" in result.stderr
+        assert f"exp/asr_x is in use by another run (PID {first.pid})" in result.stderr
         assert (exp / ".lock").read_text().strip() == str(first.pid)  # the first run keeps its lock
     finally:
         first.kill()
@@ -262,7 +262,7 @@ def test_epoch_lines_of_espnets_log_become_one_console_line_each(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("an earlier run's line: 9epoch results: [train] loss=1.0\n")
     out = io.StringIO()
-    follower = threading.Thread(target=follow, args=(log, 10, 0.05, out))
+    follower = threading.Thread(target=follow, args=(log, 10), kwargs=dict(poll_seconds=0.05, out=out))
     follower.start()
     time.sleep(0.2)
     with log.open("a") as stream:
@@ -278,13 +278,17 @@ def test_epoch_lines_of_espnets_log_become_one_console_line_each(tmp_path):
     assert last.startswith("stage 11: training finished")
 
 
-def test_the_epoch_follower_stops_when_run_sh_is_gone(tmp_path):
+def test_the_epoch_follower_reads_the_last_epoch_and_stops_when_training_ends(tmp_path):
+    """A training that fails (or is stopped) writes no 'finished' line: the follower ends with it, after
+    showing what it wrote last."""
     from espnet_lowrank.stages.progress import follow
 
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    (tmp_path / "train.log").write_text("")
-    follower = threading.Thread(target=follow, args=(tmp_path / "train.log", 10, 0.05, io.StringIO(), gone.pid))
+    log = tmp_path / "train.log"
+    log.write_text("")
+    training = subprocess.Popen(["bash", "-c", f"sleep 0.3; echo '{EPOCH_LINE}' >> {log}"])
+    out = io.StringIO()
+    follower = threading.Thread(target=follow, args=(log, 10, lambda: training.poll() is None),
+                                kwargs=dict(poll_seconds=0.05, out=out, start=0))
     follower.start()
     follower.join(timeout=10)
-    assert not follower.is_alive()
+    assert not follower.is_alive() and out.getvalue().startswith("stage 11: epoch 3/10")

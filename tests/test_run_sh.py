@@ -56,8 +56,9 @@ def test_pipeline_scores_and_packs(pipeline):
     exp = pipeline["exp"]
     results = (exp / "RESULTS.md").read_text()
     assert "### WER" in results and "### CER" in results
-    rows = [line for line in results.splitlines() if line.startswith("|decode_")]
+    rows = [line for line in results.splitlines() if line.startswith("|test|")]
     assert len(rows) == 2 and all(len(row.split("|")) == 11 for row in rows)
+    assert "## decode_asr_cpu_valid.acc.ave\n- model: `valid.acc.ave.pth`" in results  # each named once
     assert float(rows[0].split("|")[8]) >= 0  # Err column is a number
     train = (pipeline["recipe"] / "data" / "train_sp" / "wav.scp").read_text()
     assert "sp0.9-" in train and "sp1.1-" in train
@@ -184,7 +185,7 @@ def test_training_resumes_after_kill_9(pipeline):
 def test_dense_warmup_then_low_rank_each_phase_resumes_after_kill_9(pipeline):
     import torch
 
-    from espnet_lowrank.tools.compare import training_history
+    from espnet_lowrank.studies.history import training_history
 
     recipe = pipeline["recipe"]
     exp = recipe / "exp" / "asr_warmup"
@@ -256,35 +257,6 @@ def test_guided_training_on_two_cpu_processes(pipeline):
     assert (exp / "2epoch.pth").exists() and "--unused_parameters true" in (exp / "train.log").read_text()
 
 
-def test_warmup_needs_fewer_epochs_than_max_epoch(tmp_path):
-    from espnet_lowrank.stages.warmup import lowrank_epochs
-
-    from espnet_lowrank.stages import StageError
-
-    assert lowrank_epochs(TINY_CONFIG, 2, "--max_epoch 5 --batch_size 2") == 3
-    with pytest.raises(StageError, match="--lowrank_warmup_epochs 5 must be at least 1 and less than max_epoch"):
-        lowrank_epochs(TINY_CONFIG, 5, "--max_epoch=5")
-
-
-def test_a_dense_config_trains_as_it_is_under_a_warmup_default(capsys):
-    from espnet_lowrank.stages.warmup import lowrank_epochs
-
-    assert lowrank_epochs(ROOT / "tests" / "conf" / "tiny_dense.yaml", 2, "--max_epoch 5") == 0
-    assert "is dense: --lowrank_warmup_epochs 2 has nothing to factorise" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("recipe", ["librispeech_100", "librispeech"])
-def test_the_librispeech_recipes_warm_up_within_their_configs_epochs(recipe):
-    """Their run.sh defaults to a dense warm-up that must leave low-rank epochs."""
-    from espnet_lowrank.stages.warmup import lowrank_epochs
-
-    wrapper = (ROOT / "egs2" / recipe / "asr1" / "run.sh").read_text()
-    config = re.search(r"^\s+--asr_config (\S+)", wrapper, re.M).group(1)
-    warmup = int(re.search(r"^\s+--lowrank_warmup_epochs (\d+)", wrapper, re.M).group(1))
-    total = yaml.safe_load((ROOT / config).read_text())["max_epoch"]
-    assert lowrank_epochs(ROOT / config, warmup, "") == total - warmup >= 0.75 * total
-
-
 @pytest.mark.slow
 def test_bring_your_own_data_dir_enters_at_stage_2(pipeline):
     """Any Kaldi-style dir under data/ can be named and enter at stage 2."""
@@ -299,89 +271,13 @@ def test_bring_your_own_data_dir_enters_at_stage_2(pipeline):
     assert "stage 2" not in result.stderr  # no --speed_perturb_factors: nothing to do
 
 
-@pytest.mark.slow
-def test_budget_study_converts_fine_tunes_from_the_converted_weights_merges_and_tabulates(pipeline, tmp_path,
-                                                                                          monkeypatch):
-    """Dense twin -> budget_study: convert --param_ratio, decode, run.sh --init_param, decode, merge, decode."""
-    import torch
-
-    from espnet_lowrank.tools import budget_study
-
-    recipe = pipeline["recipe"]
-    data = ["--embedded_size", "tiny", "--token_type", "bpe", "--nbpe", "40", *SPEED_PERTURB,
-            "--inference_nj", "1"]
-    run(recipe, *data, "--stage", "11", "--stop_stage", "11",
-        "--asr_config", str(ROOT / "tests" / "conf" / "tiny_dense.yaml"), "--asr_tag", "dense_twin",
-        "--asr_args", "--max_epoch 1 --batch_size 8 --batch_type unsorted")
-    monkeypatch.chdir(recipe)  # the tool moves there; this puts the test's cwd back afterwards
-    out = tmp_path / "results" / "budget"
-    arguments = ["--recipe_dir", str(recipe), "--dense_tag", "dense_twin", "--ratios", "0.6", "--fine_tune_epochs",
-                 "1", "--multiple_of", "2", "--inference_nj", "1", "--out", str(out),
-                 "--", *data, "--asr_args", "--max_epoch 5 --batch_size 8 --batch_type unsorted"]
-    budget_study.main(arguments)
-    rows = json.loads(out.with_suffix(".json").read_text())
-    assert [row["name"] for row in rows] == ["dense", "convert 0.60", "convert 0.60 + 1 epochs",
-                                             "convert 0.60 + 1 epochs, merged"]
-    dense, converted, tuned, merged = rows
-    assert abs(converted["params"] / dense["params"] - 0.6) <= 0.01 and tuned["params"] == converted["params"]
-    assert merged["params"] == dense["params"] and merged["differing"] == 0
-    assert (merged["wer"], merged["cer"]) == (tuned["wer"], tuned["cer"])
-    assert tuned["fine_tune_seconds"] > 0 and all(row["decode_seconds"] > 0 for row in rows)
-    table = out.with_suffix(".md").read_text()
-    assert table.startswith("```bash\npython -m espnet_lowrank.tools.budget_study --recipe_dir")
-    assert len([line for line in table.splitlines() if line.startswith("| convert")]) == 3
-    assert "merged from on 0 of" in table
-    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    # the fine-tuning ran 1 epoch (the tool's --max_epoch wins), from the converted weights
-    converted_dir = recipe / "exp" / "budget_dense_twin" / "r0.60"
-    tuned_dir = recipe / "exp" / "asr_dense_twin_budget0.60_ft1"
-    assert (tuned_dir / "1epoch.pth").exists() and not (tuned_dir / "2epoch.pth").exists()
-    start, after = torch.load(converted_dir / "model.pth"), torch.load(tuned_dir / "1epoch.pth")
-    name = next(key for key in start if key.startswith("encoder.") and key.endswith(".U"))[:-2]
-    moved = (after[f"{name}.U"] @ after[f"{name}.V"] - start[f"{name}.U"] @ start[f"{name}.V"]).norm()
-    assert 0 < moved < 0.5 * (start[f"{name}.U"] @ start[f"{name}.V"]).norm()  # one epoch on, not a fresh start
-    # finished steps are reused: a second call decodes nothing again
-    budget_study.main(arguments)
-    assert json.loads(out.with_suffix(".json").read_text()) == rows
-
-
-def test_budget_study_names_a_missing_dense_run(tmp_path, monkeypatch):
-    from espnet_lowrank.tools import budget_study
-
-    monkeypatch.chdir(tmp_path)  # the tool moves into the recipe dir; this moves the test back afterwards
-    with pytest.raises(SystemExit, match=r"exp/asr_nope/config.yaml does not exist: train the dense model first"):
-        budget_study.main(["--recipe_dir", str(tmp_path), "--dense_tag", "nope", "--out", str(tmp_path / "b")])
-
-
-def test_budget_study_refuses_a_conversion_made_with_other_options(tmp_path):
-    """Its decodes and fine-tuning were made from that conversion: reusing it quietly would mislabel them."""
-    from espnet_lowrank.errors import InputError
-    from espnet_lowrank.stages.marker import describe, record
-    from espnet_lowrank.tools.budget_study import convert_once
-
-    dense_config, dense_model = tmp_path / "config.yaml", tmp_path / "valid.acc.ave.pth"
-    dense_config.write_text("encoder: conformer\n")
-    dense_model.write_bytes(b"weights")
-    converted = tmp_path / "budget" / "r0.70"
-    record(converted / ".done", describe(["param_ratio=0.7", "multiple_of=8"], [str(dense_config), str(dense_model)]),
-           finished=True)
-    convert_once(converted, dense_config, dense_model, 0.7, 8)  # the same conversion: reused, nothing converted
-    assert sorted(path.name for path in converted.iterdir()) == [".done"]
-    with pytest.raises(InputError, match=r"r0.70 was made from other inputs: --multiple_of was '8', now '2'\. "
-                                         r"Delete it, and the fine-tuning runs made from it"):
-        convert_once(converted, dense_config, dense_model, 0.7, 2)
-    dense_model.write_bytes(b"other weights")
-    with pytest.raises(InputError, match=r"valid.acc.ave.pth changed"):
-        convert_once(converted, dense_config, dense_model, 0.7, 8)
-
-
 def test_a_saved_config_yaml_is_refused_as_a_training_config(tmp_path):
     """ESPnet appends the data options run.sh passes to those a saved config.yaml holds."""
-    from espnet_lowrank.model_config import main
+    from espnet_lowrank.model_config import check_training_config
 
     config = tmp_path / "config.yaml"
     config.write_text((TINY_CONFIG).read_text() + "train_shape_file: [exp/stats/train/speech_shape]\n")
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("<blank>\n<unk>\na\n<sos/eos>\n")
-    with pytest.raises(SystemExit, match="sets train_shape_file, which run.sh passes itself"):
-        main([str(config), "--token_list", str(tokens)])
+    with pytest.raises(ValueError, match="sets train_shape_file, which run.sh passes itself"):
+        check_training_config(config, tokens)

@@ -117,8 +117,12 @@ def test_score_set_and_results_markdown(tmp_path):
     (tmp_path / "hyp").write_text("u1 THE CAT\nu2 A LOG\n")
     scores = score.score_set(tmp_path / "ref", tmp_path / "hyp")
     assert scores["WER"].error_rate == 25.0
-    text = score.results_markdown("exp", {"test": scores})
+    text = score.results_markdown("exp", "decode_asr_valid.acc.ave", "valid.acc.ave.pth", "conf/decode_asr.yaml",
+                                  {"test": scores})
     assert "|test|2|4|75.0|25.0|0.0|0.0|25.0|50.0|" in text and "### CER" in text
+    # the decode, its model and its config are each named once; rows name the test set
+    assert "## decode_asr_valid.acc.ave\n- model: `valid.acc.ave.pth`\n- decoding config: `conf/decode_asr.yaml`" in text
+    assert text.count("valid.acc.ave") == 2 and "decode_decode" not in text
 
 
 def test_score_names_a_missing_hypothesis(tmp_path):

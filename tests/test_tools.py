@@ -73,104 +73,6 @@ def test_bench_runs_a_tiny_pair_and_emits_json():
     assert lowrank["train_memory_mb"] > 0 and "cores" in data["machine"]
 
 
-@pytest.mark.slow
-def test_compare_trains_decodes_and_tabulates_two_configs(pipeline, tmp_path):
-    """In the shared tiny recipe, whose data stages 1-5 have prepared: compare redoes none of them."""
-    from tiny_recipe import SPEED_PERTURB, TINY_DATA
-
-    second = tmp_path / "tiny_lowrank_other_ranks.yaml"  # a config from outside the project
-    second.write_text((CONF / "tiny_lowrank_other_ranks.yaml").read_text())
-    out = tmp_path / "results" / "compare"
-    result = subprocess.run(
-        [sys.executable, "-m", "espnet_lowrank.tools.compare", "--recipe_dir", str(pipeline["recipe"]),
-         "--configs", str(CONF / "tiny_dense.yaml"), str(second), "--out", str(out), "--", *TINY_DATA,
-         *SPEED_PERTURB, "--asr_args", "--max_epoch 2 --batch_size 8 --batch_type unsorted"],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "stage 1: already done" in result.stderr and "stage 5: already done" in result.stderr
-    table = out.with_suffix(".md").read_text().splitlines()
-    assert len(table) == 4 and "`tiny_dense.yaml`" in table[2]
-    assert all(len(row.split("|")) == 10 for row in table[2:])
-    assert table[2].split("|")[6].strip() == "1.00×"  # training time against the first config
-    runs = json.loads(out.with_suffix(".json").read_text())
-    assert [len(r["runs"]) for r in runs] == [1, 1] and runs[0]["runs"][0]["epochs"] == [1, 2]
-    assert runs[1]["runs"][0]["train_seconds"] > 0
-    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_compare_entries_carry_their_options_and_seeds():
-    from espnet_lowrank.tools.compare import Entry, merged_asr_args, with_seed
-
-    entry = Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --seeds 2022,2023")
-    assert entry.options == ["--lowrank_warmup_epochs", "2"] and entry.seeds == [2022, 2023]
-    assert entry.tag == "x_warmup2" and entry.name == "x.yaml --lowrank_warmup_epochs 2"
-    assert with_seed(["--asr_args", "--max_epoch 3"], 7) == ["--asr_args", "--max_epoch 3 --seed 7"]
-    assert with_seed([], 7) == ["--asr_args", "--seed 7"]
-    # the options for every run and a run's own seed reach run.sh as one --asr_args
-    assert merged_asr_args(["--ngpu", "1", "--asr_args", "--max_epoch 2", "--asr_args=--seed 7"]) == [
-        "--ngpu", "1", "--asr_args", "--max_epoch 2 --seed 7"]
-    assert merged_asr_args(["--ngpu", "1"]) == ["--ngpu", "1"]
-    with pytest.raises(ValueError, match="must come last"):
-        Entry.parse("conf/x.yaml --seeds 1,2 --lowrank_warmup_epochs 2")
-
-
-def _fake_recipe(tmp_path, monkeypatch, fail_tag=None):
-    """compare's run.sh replaced by a script that logs its options (and fails for one tag), and
-    two configs that hold only their seed."""
-    from espnet_lowrank.tools import compare as tool
-
-    (tmp_path / "run.sh").write_text(
-        "#!/usr/bin/env bash\necho \"run.sh $* (OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset})\"\n"
-        + (f"[[ \" $* \" == *' --asr_tag {fail_tag} '* ]] && exit 3\n" if fail_tag else "") + "exit 0\n")
-    (tmp_path / "run.sh").chmod(0o755)
-    monkeypatch.setattr(tool, "ROOT", tmp_path)
-    configs = []
-    for name in ("first", "second"):
-        configs.append(tmp_path / f"{name}.yaml")
-        configs[-1].write_text("seed: 2022\n")
-    return tool, configs
-
-
-def test_compare_jobs_trains_runs_side_by_side_and_does_not_compare_their_times(tmp_path, monkeypatch):
-    import threading
-
-    tool, configs = _fake_recipe(tmp_path, monkeypatch)
-    all_started = threading.Barrier(3, timeout=20)
-    real_run_sh, calls = tool.run_sh, []
-
-    def run_sh(recipe, *options, log=None, side_by_side=1):
-        calls.append(options)
-        real_run_sh(recipe, *options, log=log, side_by_side=side_by_side)
-        if "--asr_tag" in options:
-            all_started.wait()  # times out unless the three runs are in flight at once
-
-    monkeypatch.setattr(tool, "run_sh", run_sh)
-    monkeypatch.setattr(tool, "summarise", lambda recipe, entry, tag, seed, test_set: tool.Run(
-        tag=tag, seed=seed, params=2_000_000 if "first" in tag else 1_000_000, epochs=[1, 2],
-        valid_acc=[0.5, 0.6], valid_loss=[2.0, 1.0], train_seconds=120.0, wer=20.0, cer=5.0))
-    monkeypatch.setenv("OMP_NUM_THREADS", "6")
-    out = tmp_path / "results" / "study"
-    table = tool.compare(tmp_path, [tool.Entry(configs[0]), tool.Entry(configs[1], seeds=[2022, 7])], out,
-                         "test", ["--ngpu", "1"], jobs=3).splitlines()
-    # data stages, then the shared statistics (stage 10) once, before any run starts
-    assert calls[0][:2] == ("--stop_stage", "5") and calls[1][:4] == ("--stage", "10", "--stop_stage", "10")
-    assert sorted(c[c.index("--asr_tag") + 1] for c in calls[2:]) == ["first", "second", "second_seed7"]
-    # each of the 3 runs takes a third of the 6 threads allowed
-    assert "--asr_tag second_seed7 --test_sets test --ngpu 1 --asr_args --seed 7 (OMP_NUM_THREADS=2)" in (
-        out.parent / "study_logs" / "second_seed7.log").read_text()
-    assert table[2].split("|")[6].strip() == "–" and table[3].split("|")[3].strip() == "2.00×"
-    assert "3 runs at a time" in table[-1] and "not compared" in table[-1]
-
-
-def test_compare_jobs_names_every_failed_run_after_the_others_finish(tmp_path, monkeypatch):
-    tool, configs = _fake_recipe(tmp_path, monkeypatch, fail_tag="first")
-    out = tmp_path / "results" / "study"
-    with pytest.raises(RuntimeError, match=r"failed: see .*study_logs/first\.log"):
-        tool.compare(tmp_path, [tool.Entry(configs[0]), tool.Entry(configs[1])], out, "test", [], jobs=2)
-    assert "--asr_tag second" in (out.parent / "study_logs" / "second.log").read_text()
-
-
 def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
     from espnet_lowrank.surgery import low_rank_layers
 
@@ -235,16 +137,6 @@ def test_the_reallocated_lrsms_moves_rank_within_the_default_budget():
 
     assert total_rank(moved, "feed_forward") > total_rank(default, "feed_forward")
     assert total_rank(moved, "attn") < total_rank(default, "attn")
-
-
-def test_epoch_time_is_read_in_every_form_espnet_stores_it():
-    import datetime
-
-    from espnet_lowrank.tools.compare import seconds
-
-    assert seconds(datetime.timedelta(minutes=1, seconds=12)) == 72.0  # espnet 202511
-    assert seconds({"__timedelta_seconds__": 72.0}) == 72.0  # espnet 202611
-    assert seconds(72) == 72.0
 
 
 def test_bench_times_a_guided_config_with_and_after_its_guides():

@@ -18,18 +18,23 @@ SPEED_PERTURB = ("--speed_perturb_factors", "0.9 1.0 1.1")
 
 
 def recipe_dir(path: Path) -> Path:
-    """A recipe dir as in egs2/*/asr1: conf/ and local/ linked to the top level."""
+    """A recipe dir as in egs2/*/asr1: a run.sh that hands over to the top level's, conf/ and local/ linked
+    to the top level."""
     path.mkdir(parents=True, exist_ok=True)
     for name in ("conf", "local"):
         if not (path / name).exists():
             (path / name).symlink_to(ROOT / name)
+    if not (path / "run.sh").exists():
+        (path / "run.sh").write_text(f'#!/usr/bin/env bash\nexec "{ROOT / "run.sh"}" "$@"\n')
+        (path / "run.sh").chmod(0o755)
     return path
 
 
 def run(cwd: Path, *options: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The recipe's run.sh, run in ``cwd`` as a user runs it."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [str(ROOT / "run.sh"), "--python", sys.executable, *options],
+        ["./run.sh", "--python", sys.executable, *options],
         cwd=cwd, capture_output=True, text=True, env=env,
     )
     if check:
@@ -40,7 +45,7 @@ def run(cwd: Path, *options: str, check: bool = True) -> subprocess.CompletedPro
 def kill_when_written(recipe: Path, options, path: Path) -> None:
     """Start run.sh with ``options`` and kill -9 its whole process group once ``path`` exists."""
     process = subprocess.Popen(
-        [str(ROOT / "run.sh"), "--python", sys.executable, *options], cwd=recipe,
+        ["./run.sh", "--python", sys.executable, *options], cwd=recipe,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )

@@ -1,6 +1,8 @@
 """Stage 12: decode a test set with ``--inference_nj`` parallel
 ``asr_inference`` jobs (ESPnet's own main, with our classes registered) and
-merge their 1-best texts into ``<out_dir>/text``."""
+merge their 1-best texts into ``<out_dir>/text``; redone when the model, its
+config, the data or the inference config changed, and one run at a time per
+decode dir."""
 
 import argparse
 import shutil
@@ -14,7 +16,8 @@ from tqdm import tqdm
 
 from espnet_lowrank.data.kaldi_dir import read_table
 from espnet_lowrank.errors import one_line_errors
-from espnet_lowrank.stages import StageError
+from espnet_lowrank.stages import StageError, marker
+from espnet_lowrank.stages.lock import exclusive
 from espnet_lowrank.threads import job_environment
 
 
@@ -114,8 +117,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--job_threads", type=int, default=0,
                         help="threads per job; 0: OMP_NUM_THREADS (else the cores) divided among the jobs")
     args = parser.parse_args(argv)
-    path = decode(args.data_dir, args.out_dir, args.asr_train_config, args.asr_model_file,
-                  args.inference_config, args.nj, args.ngpu, args.job_threads)
+    inputs = [args.asr_model_file, args.asr_train_config, args.data_dir]
+    if args.inference_config is not None:
+        inputs.append(args.inference_config)
+    with exclusive(args.out_dir):
+        state = marker.describe([], [str(path) for path in inputs])
+        done = args.out_dir / ".done"
+        if marker.check(done, "12", "redo", "", state) == marker.SKIP:
+            return
+        path = decode(args.data_dir, args.out_dir, args.asr_train_config, args.asr_model_file,
+                      args.inference_config, args.nj, args.ngpu, args.job_threads)
+        marker.record(done, state, finished=True)
     print(f"stage 12: wrote {path}")
 
 

@@ -1,25 +1,13 @@
-"""Stage 11's console: one line per finished epoch, read from the ``train.log``
-that ESPnet's trainer writes (which keeps everything else).
-
-    python -m espnet_lowrank.stages.progress --log exp/asr_x/train.log --config C.yaml --asr_args "..."
-
-Started beside the training process, it follows the log from its current end
-(a resumed run appends), prints e.g.
-``stage 11: epoch 3/10  train loss 45.2  valid acc 0.812  cer_ctc 0.104  71 s  ETA 8.3 min``
-and ends when the log says training finished, when run.sh stops it, or
-when the process it watches (``--while_alive``, run.sh) is gone.
+"""Stage 11's console: one line per finished epoch, read from the ``train.log`` that ESPnet's
+trainer writes (which keeps everything else), e.g.
+``stage 11: epoch 3/10  train loss 45.2  valid acc 0.812  cer_ctc 0.104  71 s  ETA 8.3 min``.
 """
 
-import argparse
-import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
-
-from espnet_lowrank.errors import one_line_errors
-from espnet_lowrank.stages.train_options import max_epoch
+from typing import Callable, Dict, Optional
 
 RESULTS = re.compile(r"(\d+)epoch results: (.*)")
 SECTION = re.compile(r"\[(\w+)\] ([^\[]*)")
@@ -52,13 +40,17 @@ def epoch_line(results: Dict[str, Dict[str, str]], total: int, seconds: float, e
     return "  ".join(words)
 
 
-def follow(log: Path, total: int, poll_seconds: float = 1.0, out=sys.stderr, while_alive: int = 0) -> None:
-    """Print each epoch's line as it appears in ``log``; the ETA is the mean
-    epoch time of this run times the epochs left."""
-    offset = log.stat().st_size if log.exists() else 0
+def follow(log: Path, total: int, running: Callable[[], bool] = lambda: True, poll_seconds: float = 1.0,
+           out=sys.stderr, start: Optional[int] = None) -> None:
+    """Print each epoch's line as it is appended to ``log`` after byte ``start`` (default: its end
+    now, since a resumed run appends); the ETA is the mean epoch time of this run times the epochs
+    left. Ends when the log says training finished, or once ``running()`` is false and what was
+    written until then is read."""
+    offset = start if start is not None else (log.stat().st_size if log.exists() else 0)
     started = last = time.monotonic()
     durations, pending = [], ""
     while True:
+        still_running = running()
         if log.exists():
             with log.open(encoding="utf-8", errors="replace") as stream:
                 stream.seek(offset)
@@ -78,31 +70,6 @@ def follow(log: Path, total: int, poll_seconds: float = 1.0, out=sys.stderr, whi
                 print(f"stage 11: training finished ({(time.monotonic() - started) / 60:.1f} min)",
                       file=out, flush=True)
                 return
-        if while_alive and not alive(while_alive):
+        if not still_running:
             return
         time.sleep(poll_seconds)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log", type=Path, required=True)
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--asr_args", default="", help="asr_train options of the run (their last --max_epoch counts)")
-    parser.add_argument("--while_alive", type=int, default=0, help="stop when this process (run.sh) is gone")
-    args = parser.parse_args(argv)
-    follow(args.log, max_epoch(args.config, args.asr_args), while_alive=args.while_alive)
-
-
-if __name__ == "__main__":
-    main()

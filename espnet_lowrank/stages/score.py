@@ -77,7 +77,10 @@ def score_set(ref_text: Path, hyp_text: Path) -> Dict[str, Score]:
     return {"WER": score(ref, hyp, "word"), "CER": score(ref, hyp, "char")}
 
 
-def results_markdown(title: str, scores: Dict[str, Dict[str, Score]]) -> str:
+def results_markdown(title: str, decode_dir: str, model: str, inference_config: str,
+                     scores: Dict[str, Dict[str, Score]]) -> str:
+    """ESPnet's RESULTS.md layout: the environment, then the decode (its dir, the model and the
+    decoding config, each named once) and a row per test set."""
     lines = [
         f"# {title}",
         "## Environments",
@@ -85,11 +88,15 @@ def results_markdown(title: str, scores: Dict[str, Dict[str, Score]]) -> str:
         f"- python version: `{platform.python_version()}`",
         f"- machine: `{machine.describe()}`",
         "",
+        f"## {decode_dir}",
+        f"- model: `{model}`",
+        f"- decoding config: `{inference_config}`",
+        "",
     ]
     for metric in ("WER", "CER"):
         lines += [
             f"### {metric}", "",
-            "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|",
+            "|test set|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [by_metric[metric].row(name) for name, by_metric in scores.items()]
@@ -103,10 +110,11 @@ def scored_decode_dir(results: Path, test_set: str) -> Path:
     the one stage 13 scored last, which file dates cannot tell (stage 12 skips a finished decode)."""
     if not results.is_file():
         raise StageError(f"{results} does not exist: did stage 13 run?")
-    names = re.findall(rf"^\|([^|/]+)/{re.escape(test_set)}\|", results.read_text(), flags=re.M)
-    if not names:
+    text = results.read_text()
+    decode = re.search(r"^## (decode\S*)$", text, flags=re.M)
+    if decode is None or not re.search(rf"^\|{re.escape(test_set)}\|", text, flags=re.M):
         raise StageError(f"{results} scores no decode of test set {test_set!r}: did stage 13 run on it?")
-    return results.parent / names[0]
+    return results.parent / decode.group(1)
 
 
 @one_line_errors
@@ -118,13 +126,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="holds <test_set>/text, the references")
     parser.add_argument("--test_sets", nargs="+", required=True)
     parser.add_argument("--title", default="RESULTS")
+    parser.add_argument("--model", default="valid.acc.ave.pth", help="the decoded model, to name it")
+    parser.add_argument("--inference_config", default="(ESPnet's defaults)", help="the decoding config, to name it")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     scores = {
         name: score_set(args.data_root / name / "text", args.decode_dir / name / "text")
         for name in args.test_sets
     }
-    text = results_markdown(args.title, {f"{args.decode_dir.name}/{k}": v for k, v in scores.items()})
+    text = results_markdown(args.title, args.decode_dir.name, args.model, args.inference_config, scores)
     partial = args.out.with_suffix(".tmp")
     partial.write_text(text)
     partial.replace(args.out)

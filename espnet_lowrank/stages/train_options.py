@@ -1,17 +1,11 @@
 """The value an ``asr_train`` option takes in a run.sh training: the last one
 on the command line (``--asr_args``), else the config's, else ESPnet's
-default; and the checks a multi-process training needs before it starts.
+default; and the checks a multi-process training needs before it starts."""
 
-    python -m espnet_lowrank.stages.train_options check-distributed --config C.yaml \\
-        --asr_args "..." --world_size 2
-"""
-
-import argparse
 import shlex
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.model_config import read_config
 from espnet_lowrank.stages import StageError
 
@@ -63,19 +57,3 @@ def check_distributed(config: Path, asr_args: str, world_size: int) -> None:
             f"stage 11: batch_size {batch_size} (batch_type {batch_type}) does not split evenly across "
             f"{world_size} training processes; use a multiple of {world_size}"
         )
-
-
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check-distributed", help="refuse what a multi-process training cannot do")
-    check.add_argument("--config", type=Path, required=True)
-    check.add_argument("--asr_args", default="")
-    check.add_argument("--world_size", type=int, required=True)
-    args = parser.parse_args(argv)
-    check_distributed(args.config, args.asr_args, args.world_size)
-
-
-if __name__ == "__main__":
-    main()

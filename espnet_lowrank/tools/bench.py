@@ -24,9 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from espnet_lowrank import machine
+from espnet_lowrank.cli import command_main
 from espnet_lowrank.guide import finish_guides
 from espnet_lowrank.model_config import build_model, count_parameters
-from espnet_lowrank.tools import standalone_main
 
 
 #: Parts of an ESPnet ASR model whose training FLOPs are reported apart: low
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1) if args.json else format_results(result))
 
 
-main = standalone_main(__doc__, add_arguments, run)
+main = command_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

@@ -27,9 +27,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from espnet_lowrank import machine
+from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.stages.decode import decode
-from espnet_lowrank.tools import standalone_main
 
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*INFO: "
 _START = re.compile(_STAMP + r"speech length", re.M)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
     print(format_results(results, args.utts, args.nj, args.repeats))
 
 
-main = standalone_main(__doc__, add_arguments, run)
+main = command_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

@@ -34,10 +34,10 @@ import torch
 import yaml
 
 from espnet_lowrank import budget, packing
+from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, count_parameters, read_config, training_options
 from espnet_lowrank.surgery import factorize_state_dict
-from espnet_lowrank.tools import standalone_main
 
 
 def lowrank_options(dense_config, config) -> dict:
@@ -157,6 +157,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack", help="also pack the low-rank model into this asr_model.zip")
 
 
+def convert_by_budget(dense_config, dense_model, param_ratio: float, out, exclude=(), multiple_of: int = 8,
+                      out_config=None):
+    """``--param_ratio``: write the budgeted low-rank config (``out_config``, by default ``config.yaml``
+    beside ``out``) and the dense weights converted into it; returns the config's path,
+    :func:`budgeted_config`'s result and :func:`convert`'s rows."""
+    config = Path(out_config) if out_config else Path(out).with_name("config.yaml")
+    result = budgeted_config(dense_config, dense_model, param_ratio, config, exclude, multiple_of)
+    return config, result, convert(dense_config, dense_model, config, out)
+
+
 def run(args: argparse.Namespace) -> None:
     dense_config, dense_model = args.dense_config, args.dense_model
     if str(dense_model).endswith(".zip"):
@@ -165,19 +175,18 @@ def run(args: argparse.Namespace) -> None:
         dense_config, dense_model = packing.unpack_model(dense_model, Path(args.out).parent / "dense_pack")
     elif not dense_config:
         raise InputError("--dense_config is needed, unless --dense_model is a packed asr_model.zip")
-    config = args.config
     if args.param_ratio is not None:
-        config = args.out_config or Path(args.out).with_name("config.yaml")
-        result = budgeted_config(dense_config, dense_model, args.param_ratio, config, args.exclude,
-                                 args.multiple_of)
+        config, result, rows = convert_by_budget(dense_config, dense_model, args.param_ratio, args.out, args.exclude,
+                                                 args.multiple_of, args.out_config)
         print(f"wrote {config}\n{format_ranks(result)}")
-    rows = convert(dense_config, dense_model, config, args.out)
+    else:
+        config, rows = args.config, convert(dense_config, dense_model, args.config, args.out)
     print(f"wrote {args.out}: {len(rows)} factorised layers\n{format_energy(rows)}")
     if args.pack:
         print(f"packed {packing.pack_model(lowrank_options(dense_config, config), args.out, args.pack)}")
 
 
-main = standalone_main(__doc__, add_arguments, run)
+main = command_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

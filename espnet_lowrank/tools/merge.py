@@ -24,10 +24,10 @@ import yaml
 
 from espnet_lowrank import packing
 from espnet_lowrank.checkpoints import atomic_save
+from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, count_parameters, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.surgery import merge_low_rank
-from espnet_lowrank.tools import standalone_main
 
 #: the largest difference between the outputs of the two models that is float rounding
 TOLERANCE = 1e-4
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
           f"{result['max_difference']:.1e}")
 
 
-main = standalone_main(__doc__, add_arguments, run)
+main = command_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from espnet_lowrank.cli import command_main
 from espnet_lowrank.model_config import build_model, count_parameters
-from espnet_lowrank.tools import standalone_main
 
 #: Block number of the encoder's convolutional subsampling (it runs before block 0).
 INPUT_LAYER_BLOCK = -1
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> None:
         print("\n\n".join(format_report(r) for r in results))
 
 
-main = standalone_main(__doc__, add_arguments, run)
+main = command_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

@@ -28,10 +28,10 @@ from typing import Dict, List, Optional, Sequence
 import soundfile
 import torch
 
+from espnet_lowrank.cli import command_main
 from espnet_lowrank.data.kaldi_dir import read_table
 from espnet_lowrank.model_config import build_model, config_args, read_token_list
 from espnet_lowrank.surgery import low_rank_layers, merge_low_rank
-from espnet_lowrank.tools import standalone_main
 
 
 def real_batches(data_dir: Path, token_list: List[str], batches: int, batch_size: int, seed: int) -> List[Dict]:
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1) if args.json else format_result(result))
 
 
-main = standalone_main(__doc__, add_arguments, run)
+main = command_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

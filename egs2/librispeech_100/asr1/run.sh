@@ -5,7 +5,7 @@
 # LR-SMS trains with a dense warm-up: 14 of its 70 epochs as its dense twin, then factorised
 # (--lowrank_warmup_epochs; 0 trains low rank from the start; a dense config ignores it).
 set -euo pipefail
-exec ../../../run.sh \
+exec "$(dirname "${BASH_SOURCE[0]}")/../../../run.sh" \
   --corpus librispeech \
   --librispeech_parts "train-clean-100 dev-clean dev-other test-clean test-other" \
   --train_set train_clean_100 \

@@ -1,6 +1,6 @@
-"""What compressing a trained dense model costs, measured: ``python -m espnet_lowrank.tools.budget_study``.
+"""What compressing a trained dense model costs, measured: ``espnet-lowrank budget-study``.
 
-    python -m espnet_lowrank.tools.budget_study --recipe_dir egs2/embedded/asr1 \\
+    espnet-lowrank budget-study --recipe_dir egs2/embedded/asr1 \\
         --dense_tag train_asr_conformer_demo --ratios 0.7 0.5 0.35 --fine_tune_epochs 2 --out results/budget
 
 Starting from a dense run that stage 11 finished (``exp/asr_<dense_tag>``),
@@ -10,7 +10,7 @@ model on for ``--fine_tune_epochs`` (fresh optimiser, in
 ``exp/asr_<dense_tag>_budget<R>_ft<E>``), decoded again; and ``espnet-lowrank
 merge`` of the fine-tuned model, decoded once more, whose hypotheses must be
 the fine-tuned model's. Every decode is stage 12's (the same jobs and
-inference config) on ``--test_set``, timed; writes ``<out>.md`` (parameters,
+inference config, relative to the recipe dir) on ``--test_set``, timed; writes ``<out>.md`` (parameters,
 test WER/CER, decode and fine-tuning time per model), ``<out>.json`` and
 ``<out>.png`` (WER against parameters). Finished steps are reused (their
 files in ``exp/budget_<dense_tag>``; delete them to redo); a conversion made
@@ -20,15 +20,18 @@ options for the fine-tuning go after ``--``.
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
-from espnet_lowrank.errors import InputError, one_line_errors
-from espnet_lowrank.tools.compare import ROOT, run_sh, split_run_args, training_history, with_asr_args
+from espnet_lowrank.cli import command_main
+from espnet_lowrank.errors import InputError
+from espnet_lowrank.studies.history import training_history
+from espnet_lowrank.studies.recipe import Recipe
 
 
 @dataclass
@@ -76,7 +79,7 @@ def convert_once(converted: Path, dense_config: Path, dense_model: Path, ratio: 
     """``convert --param_ratio`` into ``converted``, unless it holds that very conversion: one made with other
     options or from other weights is refused, since decodes and a fine-tuning were made from it."""
     from espnet_lowrank.stages.marker import changes, describe, read_marker, record
-    from espnet_lowrank.tools import convert
+    from espnet_lowrank.tools.convert import convert_by_budget
 
     marker = converted / ".done"
     state = describe([f"param_ratio={ratio}", f"multiple_of={multiple_of}"], [str(dense_config), str(dense_model)])
@@ -87,22 +90,23 @@ def convert_once(converted: Path, dense_config: Path, dense_model: Path, ratio: 
             raise InputError(f"{converted} was made from other inputs: {'; '.join(found)}. Delete it, and the "
                              f"fine-tuning runs made from it (exp/asr_*_budget{ratio:.2f}_ft*), to redo")
         return
-    convert.main(["--dense_config", str(dense_config), "--dense_model", str(dense_model), "--param_ratio",
-                  str(ratio), "--multiple_of", str(multiple_of), "--out", str(converted / "model.pth")])
+    convert_by_budget(dense_config, dense_model, ratio, converted / "model.pth", multiple_of=multiple_of)
     record(marker, state, finished=True)
 
 
-def study(recipe: Path, dense_tag: str, dense_model: str, ratios: Sequence[float], epochs: int,
+def study(recipe: Recipe, dense_tag: str, dense_model: str, ratios: Sequence[float], epochs: int,
           test_set: str, inference_config: Path, nj: int, multiple_of: int, run_args: Sequence[str]) -> List[Row]:
+    """The study's rows, run from inside the recipe dir (the dense run's saved config names its files
+    relative to it)."""
     from espnet_lowrank.tools import merge
 
     dense_exp = Path("exp") / f"asr_{dense_tag}"
     for needed in (dense_exp / "config.yaml", dense_exp / dense_model):
         if not needed.is_file():
-            raise InputError(f"{recipe / needed} does not exist: train the dense model first "
+            raise InputError(f"{recipe.path / needed} does not exist: train the dense model first "
                              f"(run.sh --asr_tag {dense_tag} --stop_stage 11, or compare)")
     work = Path("exp") / f"budget_{dense_tag}"
-    common = (recipe, test_set, inference_config, nj)
+    common = (recipe.path, test_set, inference_config, nj)
     rows = [decode_and_score("dense", dense_exp / "config.yaml", dense_exp / dense_model, work / "dense", *common)]
     for ratio in ratios:
         converted = work / f"r{ratio:.2f}"
@@ -110,10 +114,9 @@ def study(recipe: Path, dense_tag: str, dense_model: str, ratios: Sequence[float
         rows.append(decode_and_score(f"convert {ratio:.2f}", converted / "config.yaml", converted / "model.pth",
                                      converted, *common))
         tag = f"{dense_tag}_budget{ratio:.2f}_ft{epochs}"
-        run_sh(recipe, "--stage", "10", "--stop_stage", "11",
-               "--asr_config", str((converted / "config.yaml").resolve()),
-               "--init_param", str((converted / "model.pth").resolve()), "--asr_tag", tag,
-               *with_asr_args(run_args, f"--max_epoch {epochs}"))
+        recipe.run("--stage", "10", "--stop_stage", "11", "--asr_config", str((converted / "config.yaml").resolve()),
+                   "--init_param", str((converted / "model.pth").resolve()), "--asr_tag", tag, *run_args,
+                   "--asr_args", f"--max_epoch {epochs}")  # run.sh's --asr_args add up: this one comes last
         tuned = Path("exp") / f"asr_{tag}"
         seconds = sum(training_history(tuned)["seconds"])
         tuned_row = decode_and_score(f"convert {ratio:.2f} + {epochs} epochs", tuned / "config.yaml",
@@ -175,31 +178,30 @@ def plot(rows: Sequence[Row], path: Path, epochs: int) -> None:
     plt.close(figure)
 
 
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    import os
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join(["python", "-m", "espnet_lowrank.tools.budget_study", *argv])
-    argv, run_args = split_run_args(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe_dir", type=Path, required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe_dir", type=Path, required=True, help="e.g. egs2/embedded/asr1")
     parser.add_argument("--dense_tag", required=True, help="the dense run: exp/asr_<dense_tag>")
     parser.add_argument("--dense_model", default="valid.acc.ave.pth", help="its weights in that dir")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.5, 0.35])
     parser.add_argument("--fine_tune_epochs", type=int, default=2)
     parser.add_argument("--multiple_of", type=int, default=8)
     parser.add_argument("--test_set", default="test")
-    parser.add_argument("--inference_config", type=Path, default=ROOT / "conf" / "decode_asr_cpu.yaml")
+    parser.add_argument("--inference_config", type=Path, default=Path("conf/decode_asr_cpu.yaml"),
+                        help="relative to the recipe dir, or absolute")
     parser.add_argument("--inference_nj", type=int, default=2, help="decoding jobs, as run.sh's")
     parser.add_argument("--out", type=Path, required=True, help="writes <out>.md, <out>.json and <out>.png")
-    args = parser.parse_args(argv)
-    out, inference_config = args.out.resolve(), args.inference_config.resolve()
-    recipe = args.recipe_dir.resolve()
-    os.chdir(recipe)  # the dense run's saved config names its files relative to the recipe dir
+    parser.set_defaults(run_args=[])  # run.sh options for the fine-tuning, after --
+
+
+def run(args: argparse.Namespace) -> None:
+    command = shlex.join(["espnet-lowrank", "budget-study", *args.argv])
+    out = args.out.resolve()
+    recipe = Recipe(args.recipe_dir.resolve())
+    inference_config = recipe.path / args.inference_config
+    os.chdir(recipe.path)  # the dense run's saved config names its files relative to the recipe dir
     rows = study(recipe, args.dense_tag, args.dense_model, args.ratios, args.fine_tune_epochs, args.test_set,
-                 inference_config, args.inference_nj, args.multiple_of, run_args)
-    utterances = len((recipe / "dump" / "raw" / args.test_set / "text").read_text().splitlines())
+                 inference_config, args.inference_nj, args.multiple_of, args.run_args)
+    utterances = len((recipe.path / "dump" / "raw" / args.test_set / "text").read_text().splitlines())
     table = markdown(rows, utterances, args.inference_nj)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(f"```bash\n{command}\n```\n\n{table}\n")
@@ -207,6 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     plot(rows, out.with_suffix(".png"), args.fine_tune_epochs)
     print(table)
 
+
+main = command_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

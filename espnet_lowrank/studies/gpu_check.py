@@ -1,7 +1,8 @@
-"""The GPU check: what a lent CUDA machine should measure, in one run,
-written as one Markdown report (``local/gpu_check.sh`` runs it).
+"""The GPU check: what a lent CUDA machine should measure, in one run: ``espnet-lowrank gpu-check``.
 
-    python -m espnet_lowrank.tools.gpu_check --out gpu_check.md [--quick]
+    espnet-lowrank gpu-check --recipe_dir egs2/embedded/asr1 --out gpu_check.md [--quick]
+
+writes one Markdown report (``local/gpu_check.sh`` runs it):
 
 1. Layers, encoder and decoder on the device: full-rank factors reproduce the
    dense layer in fp32; the LR-SMS encoder and decoder under bf16 autocast stay
@@ -17,21 +18,20 @@ the report says CUDA is absent rather than faking a number.
 """
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List
 
 import torch
 import yaml
 
-from espnet_lowrank.errors import one_line_errors
+from espnet_lowrank.cli import command_main
+from espnet_lowrank.errors import InputError
+from espnet_lowrank.studies.recipe import Recipe
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = [ROOT / "conf" / "tuning" / f"{name}.yaml"
-           for name in ("train_asr_conformer", "train_asr_lrsms", "train_asr_lrsms_subsampling")]
+#: the configs benched at the LibriSpeech-100 shape, in the recipe's conf/tuning/
+BENCHED = ("train_asr_conformer", "train_asr_lrsms", "train_asr_lrsms_subsampling")
 
 
 def device_name(device: str) -> str:
@@ -42,7 +42,7 @@ def device_name(device: str) -> str:
     return f"{machine.describe()} (CUDA absent), torch {torch.__version__}"
 
 
-def layer_checks(device: str) -> List[str]:
+def layer_checks(device: str, configs: List[Path]) -> List[str]:
     """Markdown rows: check, measured value, tolerance, pass."""
     from espnet_lowrank.layers import LowRankLinear
     from espnet_lowrank.model_config import build_model
@@ -54,7 +54,7 @@ def layer_checks(device: str) -> List[str]:
     x = torch.randn(64, 256, device=device)
     error = (full(x) - dense(x)).abs().max().item()
     rows.append(_row("full-rank factors = dense layer, fp32 (max abs diff)", error, 1e-4))
-    model = build_model(CONFIGS[1], vocab_size=5000).to(device).eval()
+    model = build_model(configs[1], vocab_size=5000).to(device).eval()
     speech = torch.randn(2, 16000 * 4, device=device)
     lengths = torch.full((2,), speech.shape[1], device=device)
     with torch.no_grad():
@@ -90,66 +90,71 @@ def rounded_config(config: Path, multiple_of: int, out_dir: Path) -> Path:
     return out
 
 
-def bench_sections(quick: bool) -> Iterator[List[str]]:
+def bench_sections(configs: List[Path], quick: bool) -> Iterator[List[str]]:
     from espnet_lowrank.tools.bench import bench, format_results
 
     with tempfile.TemporaryDirectory() as tmp:
         for multiple_of in (8, 64):
-            configs = [str(CONFIGS[0])] + [str(rounded_config(c, multiple_of, Path(tmp))) for c in CONFIGS[1:]]
+            rounded = [str(configs[0])] + [str(rounded_config(c, multiple_of, Path(tmp))) for c in configs[1:]]
             for amp in ("none", "bf16"):
-                result = bench(configs, vocab=5000, batch=8 if not quick else 2, seconds=10.0,
+                result = bench(rounded, vocab=5000, batch=8 if not quick else 2, seconds=10.0,
                                repeats=5 if not quick else 1, warmup=1, device="cuda", amp=amp)
                 yield [f"### bench: ranks rounded to {multiple_of}, amp {amp}", "", "```",
                        format_results(result), "```", ""]
 
 
-def tiny_epoch_on_gpu() -> str:
-    """One epoch of the tiny corpus through run.sh, --ngpu 1, use_amp true."""
+def tiny_epoch_on_gpu(recipe: Recipe) -> str:
+    """One epoch of the tiny corpus through run.sh (the demo's LR-SMS), --ngpu 1, use_amp true."""
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = Path(tmp)
-        for name in ("conf", "local"):
-            (recipe / name).symlink_to(ROOT / name)
+        scratch = recipe.scratch(Path(tmp) / "recipe")
         started = time.time()
-        result = subprocess.run(
-            [str(ROOT / "run.sh"), "--python", sys.executable, "--embedded_size", "tiny", "--ngpu", "1",
-             "--asr_config", str(ROOT / "tests" / "conf" / "tiny_lowrank.yaml"), "--stop_stage", "11",
-             "--asr_args", "--max_epoch 1 --use_amp true --batch_size 8 --batch_type unsorted"],
-            cwd=recipe, capture_output=True, text=True,
-        )
+        try:
+            scratch.run("--embedded_size", "tiny", "--ngpu", "1", "--stop_stage", "11",
+                        "--asr_config", "conf/train_asr_lrsms_demo.yaml", "--asr_args", "--max_epoch 1 --use_amp true",
+                        log=Path(tmp) / "run.log")
+            outcome = "pass"
+        except InputError:
+            outcome = "FAIL"
         took = time.time() - started
-        last = (result.stderr.strip().splitlines() or [""])[-1]
-    return f"| run.sh stages 1-11, tiny corpus, --ngpu 1, use_amp | exit {result.returncode} | {took:.0f} s | {last} |"
+        last = ((Path(tmp) / "run.log").read_text().strip().splitlines() or [""])[-1]
+    return f"| run.sh stages 1-11, tiny corpus, --ngpu 1, use_amp | {outcome} | {took:.0f} s | {last} |"
 
 
-def report_sections(quick: bool = False) -> Iterator[List[str]]:
+def report_sections(recipe: Recipe, quick: bool = False) -> Iterator[List[str]]:
     """The report's parts in order, each as soon as it is measured."""
+    configs = [recipe.path / "conf" / "tuning" / f"{name}.yaml" for name in BENCHED]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     yield [f"# GPU check: {device_name(device)}", "",
            f"## Layers, encoder and decoder on {device}", "",
-           "| check | measured | tolerance | result |", "|---|---:|---:|---|", *layer_checks(device), ""]
+           "| check | measured | tolerance | result |", "|---|---:|---:|---|", *layer_checks(device, configs), ""]
     if device != "cuda":
         yield ["CUDA is absent on this machine: the bench of dense vs LR-SMS on the GPU "
                "and the --ngpu 1 training epoch were not run.", ""]
         return
     yield ["## Training and encoder speed at the LibriSpeech-100 shape", ""]
-    yield from bench_sections(quick)
+    yield from bench_sections(configs, quick)
     yield ["## One epoch with --ngpu 1 and use_amp", "", "| run | result | time | last line |",
-           "|---|---|---:|---|", tiny_epoch_on_gpu(), ""]
+           "|---|---|---:|---|", tiny_epoch_on_gpu(recipe), ""]
 
 
-@one_line_errors
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe_dir", type=Path, default=Path("egs2/embedded/asr1"),
+                        help="its conf/tuning configs are benched, its run.sh trains the epoch")
     parser.add_argument("--out", type=Path, default=Path("gpu_check.md"))
     parser.add_argument("--quick", action="store_true", help="one bench repeat at batch 2 (a smoke run)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    recipe = Recipe(args.recipe_dir.resolve())
     lines: List[str] = []
-    for section in report_sections(args.quick):
+    for section in report_sections(recipe, args.quick):
         # rewritten after each part, so a run cut off by its time limit keeps what it measured
         lines += section
         args.out.write_text("\n".join(lines))
         print("\n".join(section), flush=True)
 
+
+main = command_main(__doc__, add_arguments, run)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,86 @@
+"""What ``compare`` reports: a Markdown table (one line per entry, the mean over its seeds and each
+run's value) and a PNG of every run's validation curves."""
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+
+@dataclass
+class Run:
+    """One trained, decoded and scored run."""
+
+    tag: str
+    seed: int
+    params: int
+    epochs: List[int]
+    valid_acc: List[float]
+    valid_loss: List[float]
+    train_seconds: float
+    wer: float
+    cer: float
+
+
+def _values(runs: Sequence[Run], name: str) -> str:
+    values = [getattr(r, name) for r in runs]
+    mean = f"{statistics.mean(values):.1f}"
+    return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.1f}' for v in values)})"
+
+
+def markdown(rows: List[Dict], jobs: int = 1) -> str:
+    """One line per entry (``rows``: its name and runs). Runs trained several at a time get no time
+    ratio: they slowed each other unevenly."""
+    first = rows[0]["runs"]
+    first_params = first[0].params
+    first_seconds = statistics.mean(r.train_seconds for r in first)
+    lines = [
+        "| config (+ run.sh options) | params (M) | fewer than first | epochs | training time (min) "
+        "| vs first | test WER % | test CER % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        runs = row["runs"]
+        minutes = statistics.mean(r.train_seconds for r in runs) / 60
+        ratio = f"{minutes * 60 / first_seconds:.2f}×" if jobs == 1 else "–"
+        lines.append(
+            f"| `{row['name']}` | {runs[0].params / 1e6:.2f} | {first_params / runs[0].params:.2f}× | "
+            f"{len(runs[0].epochs)} | {minutes:.1f} | {ratio} | {_values(runs, 'wer')} | {_values(runs, 'cer')} |"
+        )
+    seeds = sorted({r.seed for row in rows for r in row["runs"]})
+    if len(seeds) > 1:
+        lines.append(f"\nWhere an entry ran with several seeds ({', '.join(map(str, seeds))}): the mean, "
+                     "then each run's value in seed order.")
+    if jobs > 1:
+        lines.append(f"\nTrained {jobs} runs at a time (`--jobs {jobs}`): the training times shared the machine, "
+                     "so they are not compared.")
+    return "\n".join(lines)
+
+
+def plot(rows: List[Dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (acc, loss) = plt.subplots(1, 2, figsize=(13, 4.5))
+    colours = plt.get_cmap("tab20").colors
+    for index, row in enumerate(rows):
+        for number, run in enumerate(row["runs"]):
+            style = dict(color=colours[index % len(colours)], linestyle=("-", "--", ":")[number % 3],
+                         marker="o", markersize=3, label=run.tag)
+            acc.plot(run.epochs, run.valid_acc, **style)
+            loss.plot(run.epochs, run.valid_loss, **style)
+    acc.set(title="validation accuracy (attention decoder, teacher forced)", xlabel="epoch", ylabel="acc")
+    loss.set(title="validation loss", xlabel="epoch", ylabel="loss")
+    for axis in (acc, loss):
+        axis.grid(alpha=0.3)
+    # one legend under both plots: inside, it hides the curves it names
+    handles = acc.get_legend_handles_labels()
+    columns = 3
+    figure.legend(*handles, loc="lower center", ncol=columns, fontsize=7)
+    legend_rows = (len(handles[0]) + columns - 1) // columns
+    figure.set_size_inches(13, 4.5 + 0.22 * legend_rows)
+    figure.tight_layout(rect=(0, 0.22 * legend_rows / (4.5 + 0.22 * legend_rows) + 0.02, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,144 @@
+"""Stage 11's plan (espnet_lowrank.stages.train), without training: the phases of a dense warm-up, when
+there is none, the asr_train options each phase gets, and the commands --print_launch_cmd prints."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from espnet_lowrank.stages import StageError
+from espnet_lowrank.stages.asr_inputs import AsrInputs
+from espnet_lowrank.stages.launch import Launch
+from espnet_lowrank.stages.train import Factorisation, Stage11, Training, plan
+from tiny_recipe import ROOT, TINY_CONFIG, recipe_dir, run
+
+TINY_DENSE = ROOT / "tests" / "conf" / "tiny_dense.yaml"
+
+
+def stage(config=TINY_CONFIG, **options) -> Stage11:
+    inputs = AsrInputs("char", Path("data/token_list/train/char/tokens.txt"), Path("dump/raw/train"),
+                       Path("dump/raw/dev"))
+    return Stage11(Path(config), Path("exp/asr_x"), inputs, Path("exp/asr_stats_train_char"), **options)
+
+
+def asr_train_args(words):
+    """``words`` as ESPnet's asr_train parses them."""
+    from espnet_lowrank.model_config import asr_task
+
+    return asr_task().get_parser().parse_args(words)
+
+
+def test_a_warmup_splits_max_epoch_into_dense_and_low_rank_phases(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the dense twin's config is written under exp/
+    steps = plan(stage(asr_args="--max_epoch 5 --batch_size 2", warmup_epochs=2))
+    dense, factorised, lowrank = steps
+    assert isinstance(dense, Training) and isinstance(factorised, Factorisation) and isinstance(lowrank, Training)
+    assert dense.out == Path("exp/asr_x/dense_warmup") and dense.phase_options == ["--max_epoch", "2"]
+    assert dense.finished_marker == Path("exp/asr_x/dense_warmup/.done")
+    assert factorised.out == Path("exp/asr_x/dense_warmup/lowrank_init.pth")
+    assert lowrank.out == Path("exp/asr_x")
+    assert lowrank.phase_options == ["--init_param", "exp/asr_x/dense_warmup/lowrank_init.pth", "--max_epoch", "3"]
+    # the phase's own options come last, so they win over --asr_args
+    dense.prepare()
+    assert asr_train_args(lowrank.options()).max_epoch == 3 and asr_train_args(dense.options()).max_epoch == 2
+
+
+def test_a_warmup_needs_fewer_epochs_than_max_epoch():
+    with pytest.raises(StageError, match="--lowrank_warmup_epochs 5 must be at least 1 and less than max_epoch"):
+        plan(stage(asr_args="--max_epoch=5", warmup_epochs=5))
+
+
+def test_without_a_warmup_one_run_trains_from_the_init_param_if_given():
+    (plain,) = plan(stage())
+    assert plain.out == Path("exp/asr_x") and plain.phase_options == []
+    (fine_tune,) = plan(stage(init_param="exp/half/model.pth"))
+    assert fine_tune.phase_options == ["--init_param", "exp/half/model.pth"]
+
+
+@pytest.mark.parametrize("options, said", [
+    (dict(config=TINY_DENSE, warmup_epochs=2), "is dense: --lowrank_warmup_epochs 2 has nothing to factorise"),
+    (dict(init_param="exp/half/model.pth", warmup_epochs=14),
+     "--init_param gives the starting weights: no dense warm-up (--lowrank_warmup_epochs 14 not used)"),
+])
+def test_a_warmup_default_leaves_dense_configs_and_fine_tunings_alone(options, said, capsys):
+    """The LibriSpeech recipes default to a warm-up: their dense baseline and a fine-tuning must still train."""
+    (only,) = plan(stage(asr_args="--max_epoch 5", **options))
+    assert only.out == Path("exp/asr_x") and "--max_epoch" not in only.phase_options
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["librispeech_100", "librispeech"])
+def test_the_librispeech_recipes_warm_up_within_their_configs_epochs(recipe):
+    """Their run.sh defaults to a dense warm-up that must leave low-rank epochs."""
+    wrapper = (ROOT / "egs2" / recipe / "asr1" / "run.sh").read_text()
+    config = ROOT / re.search(r"^\s+--asr_config (\S+)", wrapper, re.M).group(1)
+    warmup = int(re.search(r"^\s+--lowrank_warmup_epochs (\d+)", wrapper, re.M).group(1))
+    total = yaml.safe_load(config.read_text())["max_epoch"]
+    lowrank = stage(config, warmup_epochs=warmup).lowrank_epochs()
+    assert lowrank == total - warmup >= 0.75 * total
+
+
+def test_the_seed_and_every_asr_args_reach_asr_train_and_the_marker():
+    run_ = stage(asr_args="--max_epoch 3 --batch_size 4", seed=7)
+    (plain,) = plan(run_)
+    parsed = asr_train_args(plain.options())
+    assert (parsed.seed, parsed.max_epoch, parsed.batch_size) == (7, 3, 4)
+    assert run_.marker_state()["options"]["seed"] == "7"
+    assert "seed" not in stage().marker_state()["options"]  # unset: the markers of older runs still match
+
+
+def test_a_guided_config_tells_ddp_about_unused_parameters_only_with_several_processes():
+    guided = ROOT / "tests" / "conf" / "tiny_lowrank_guided.yaml"
+    (one,) = plan(stage(guided))
+    (several,) = plan(stage(guided, launch=Launch(num_procs=2)))
+    assert "--unused_parameters" not in one.options()
+    assert asr_train_args(several.options()).unused_parameters is True
+
+
+def printed(recipe, *options):
+    """The commands run.sh --print_launch_cmd prints, each split into its steps' words."""
+    result = run(recipe, "--print_launch_cmd", "true", *options)
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert len(lines) == 2 and lines[1].startswith("srun ")
+    return [shlex.split(step) for step in lines[0].split(" && ")]
+
+
+def test_run_sh_adds_up_every_asr_args_and_passes_the_seed(tmp_path):
+    steps = printed(recipe_dir(tmp_path), "--asr_config", str(TINY_CONFIG), "--asr_args", "--max_epoch 3",
+                    "--asr_args=--batch_size 4", "--seed", "11")
+    assert steps[0] == ["cd", str(tmp_path)]
+    (train,) = steps[1:]
+    assert train[1:3] == ["-m", "espnet_lowrank.bin.asr_train"]
+    parsed = asr_train_args(train[3:])
+    assert (parsed.max_epoch, parsed.batch_size, parsed.seed) == (3, 4, 11)
+
+
+def test_the_printed_warmup_is_its_three_steps_and_the_dense_config_is_written(tmp_path, monkeypatch):
+    recipe = recipe_dir(tmp_path)
+    monkeypatch.chdir(recipe)  # the printed paths are the recipe dir's
+    steps = printed(recipe, "--asr_config", str(TINY_CONFIG), "--lowrank_warmup_epochs", "1",
+                    "--asr_args", "--max_epoch 3")
+    dense, convert, lowrank = steps[1:]
+    assert asr_train_args(dense[3:]).output_dir == "exp/asr_tiny_lowrank/dense_warmup"
+    assert convert[1:4] == ["-m", "espnet_lowrank.cli", "convert"]
+    assert convert[convert.index("--dense_model") + 1] == "exp/asr_tiny_lowrank/dense_warmup/1epoch.pth"
+    assert asr_train_args(lowrank[3:]).init_param == ["exp/asr_tiny_lowrank/dense_warmup/lowrank_init.pth"]
+    written = yaml.safe_load((recipe / "exp/asr_tiny_lowrank/dense_warmup/dense_config.yaml").read_text())
+    assert written["encoder"] == "conformer" and not any(k.startswith("lowrank_") for k in written["encoder_conf"])
+
+
+@pytest.mark.parametrize("options", [("--init_param", "{model}"), ("--lowrank_warmup_epochs", "0")])
+def test_the_librispeech_100_recipe_fine_tunes_or_trains_without_a_warmup(tmp_path, options):
+    """The recipe defaults to a warm-up; --init_param (fine-tuning) and --lowrank_warmup_epochs 0 train one run."""
+    model = tmp_path / "model.pth"
+    model.write_bytes(b"weights")
+    options = [word.format(model=model) for word in options]
+    recipe = ROOT / "egs2" / "librispeech_100" / "asr1"
+    result = run(recipe, "--print_launch_cmd", "true", "--expdir", str(tmp_path / "exp"), *options)
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("cd ")]
+    (train,) = [shlex.split(step) for step in line.split(" && ")[1:]]
+    parsed = asr_train_args(train[3:])
+    assert parsed.config == "conf/tuning/train_asr_lrsms.yaml" and parsed.ngpu == 1
+    assert parsed.init_param == ([str(model)] if "--init_param" in options else [])
