@@ -14,8 +14,10 @@ OLDEST_PYTHON := $(shell for c in "python3.11" "env PYENV_VERSION=3.11.7 python3
 OLDEST_VENV := .venv311
 # empty: whatever pip picks for the Python
 ESPNET_PIN :=
-# pip repeats a harmless line per package for this machine's local mirrors (and pip 23 one per legacy build).
-PIP_QUIET := grep -v -e "^WARNING: Location 'file:" -e "^ *DEPRECATION: .* legacy 'setup.py install'" || true
+# pip repeats a harmless line per package for this machine's local mirrors (and pip 23 one per legacy build),
+# and says it found each requirement already there.
+PIP_QUIET := grep --line-buffered -v -e "^WARNING: Location 'file:" -e "^ *DEPRECATION: .* legacy 'setup.py install'" \
+	-e "^Requirement already satisfied" || true
 
 .PHONY: demo test test-slow test-oldest venv clean
 
@@ -23,14 +25,16 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
-	# no pip upgrade: pip 26 refuses espnet 202511's dependency ci_sdr (it declares a git URL)
-	$(PY) -m pip install -q -e '.[test]' $(ESPNET_PIN) 2>&1 | { $(PIP_QUIET); }
+	# no pip upgrade: pip 26 refuses espnet 202511's dependency ci_sdr (it declares a git URL).
+	# Not -q: pip's own lines are the progress of a first install (about 2 minutes with a warm cache).
+	$(PY) -m pip install --progress-bar off -e '.[test]' $(ESPNET_PIN) 2>&1 | { $(PIP_QUIET); }
 	# pip checks version ranges, not binaries: fail here, by name, if torchaudio does not load beside torch.
 	$(PY) -c "import torch, torchaudio; print('venv: torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
 	touch $@
 
 # The whole pipeline on the embedded corpus (synthesised here, no download), on CPU:
-# LR-SMS with a dense warm-up of 2 of its 10 epochs (docs/results.md: what it buys).
+# LR-SMS with a dense warm-up of 2 of its 10 epochs (docs/results.md: what it buys). Each stage shows
+# its progress; docs/benchmarks.md ("The demo") says where the time goes.
 demo: venv
 	cd egs2/embedded/asr1 && ./run.sh --lowrank_warmup_epochs 2
 

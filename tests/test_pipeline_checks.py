@@ -278,6 +278,23 @@ def test_epoch_lines_of_espnets_log_become_one_console_line_each(tmp_path):
     assert last.startswith("stage 11: training finished")
 
 
+@pytest.mark.parametrize("seconds, shown", [(0.0, 2), (3600.0, 0)])
+def test_within_an_epoch_the_batches_done_show_at_most_once_a_minute(tmp_path, monkeypatch, seconds, shown):
+    from espnet_lowrank.stages import progress
+
+    monkeypatch.setattr(progress, "BATCH_LINE_SECONDS", seconds)
+    log = tmp_path / "train.log"
+    log.write_text("INFO: [train] Batch sampler: NumElementsBatchSampler(N-batch=156, batch_bins=500000)\n"
+                   + "".join(f"INFO: 2epoch:train:{a}-{a + 49}batch: iter_time=0.004, loss_ctc=14.9, loss={loss}, "
+                             "backward_time=0.3\n" for a, loss in ((1, 41.7), (51, 40.2)))
+                   + "INFO: The training was finished at 10 epochs\n")
+    out = io.StringIO()
+    progress.follow(log, 10, poll_seconds=0.01, out=out, start=0)
+    lines = [line for line in out.getvalue().splitlines() if "batches" in line]
+    assert lines == ["stage 11: epoch 2/10  50/156 batches  loss 41.7",
+                     "stage 11: epoch 2/10  100/156 batches  loss 40.2"][:shown]
+
+
 def test_the_epoch_follower_reads_the_last_epoch_and_stops_when_training_ends(tmp_path):
     """A training that fails (or is stopped) writes no 'finished' line: the follower ends with it, after
     showing what it wrote last."""

@@ -1,6 +1,8 @@
-"""Stage 11's console: one line per finished epoch, read from the ``train.log`` that ESPnet's
-trainer writes (which keeps everything else), e.g.
-``stage 11: epoch 3/10  train loss 45.2  valid acc 0.812  cer_ctc 0.104  71 s  ETA 8.3 min``.
+"""Stage 11's console, read from the ``train.log`` that ESPnet's trainer writes (which keeps
+everything else): one line per finished epoch, e.g.
+``stage 11: epoch 3/10  train loss 45.2  valid acc 0.812  cer_ctc 0.104  71 s  ETA 8.3 min``,
+and in between, at most once a minute, how far the epoch has got
+(``stage 11: epoch 4/10  100/156 batches  loss 41.7``).
 """
 
 import re
@@ -10,6 +12,10 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 RESULTS = re.compile(r"(\d+)epoch results: (.*)")
+BATCHES = re.compile(r"(\d+)epoch:train:\d+-(\d+)batch: .*?\bloss=([\d.e+-]+)")
+EPOCH_LENGTH = re.compile(r"\[train\] Batch sampler: \w+\(N-batch=(\d+)")
+#: the fewest seconds between two console lines inside an epoch
+BATCH_LINE_SECONDS = 60.0
 SECTION = re.compile(r"\[(\w+)\] ([^\[]*)")
 FINISHED = "The training was finished at"
 
@@ -43,12 +49,12 @@ def epoch_line(results: Dict[str, Dict[str, str]], total: int, seconds: float, e
 def follow(log: Path, total: int, running: Callable[[], bool] = lambda: True, poll_seconds: float = 1.0,
            out=sys.stderr, start: Optional[int] = None) -> None:
     """Print each epoch's line as it is appended to ``log`` after byte ``start`` (default: its end
-    now, since a resumed run appends); the ETA is the mean epoch time of this run times the epochs
-    left. Ends when the log says training finished, or once ``running()`` is false and what was
-    written until then is read."""
+    now, since a resumed run appends), and batch lines in between; the ETA is the mean epoch time of
+    this run times the epochs left. Ends when the log says training finished, or once ``running()``
+    is false and what was written until then is read."""
     offset = start if start is not None else (log.stat().st_size if log.exists() else 0)
-    started = last = time.monotonic()
-    durations, pending = [], ""
+    started = last = shown = time.monotonic()
+    durations, pending, batches = [], "", "?"
     while True:
         still_running = running()
         if log.exists():
@@ -59,8 +65,16 @@ def follow(log: Path, total: int, running: Callable[[], bool] = lambda: True, po
         *lines, pending = pending.split("\n")
         for line in lines:
             results = epoch_results(line)
+            length, progress = EPOCH_LENGTH.search(line), BATCHES.search(line)
+            if length:
+                batches = length.group(1)
+            elif progress and time.monotonic() - shown >= BATCH_LINE_SECONDS:
+                epoch, done, loss = progress.groups()
+                print(f"stage 11: epoch {epoch}/{total}  {done}/{batches} batches  loss {float(loss):.3g}",
+                      file=out, flush=True)
+                shown = time.monotonic()
             if results is not None:
-                now = time.monotonic()
+                now = shown = time.monotonic()
                 durations.append(now - last)
                 last = now
                 left = total - int(results["epoch"][""])
