@@ -81,7 +81,8 @@ def shell_words(words: Sequence[str], expanded: Sequence[str] = (NODE_RANK,)) ->
     return " ".join(f'"{word}"' if word in expanded else shlex.quote(word) for word in words)
 
 
-def _for_slurm(words: Sequence[str], launch: Launch) -> List[str]:
+def _for_slurm(words: Sequence[str]) -> List[str]:
+    """A command's words as a Slurm task runs them: the node's rank and the master's address from Slurm."""
     out = [SLURM_NODE_RANK if word == NODE_RANK else word for word in words]
     for index, word in enumerate(out[:-1]):
         if word == "--master_addr":
@@ -95,7 +96,7 @@ def node_lines(launch: Launch, workdir: Path, steps: Sequence[Sequence[str]]) ->
     task per node, whose first node is the master."""
     cd = f"cd {shlex.quote(str(workdir))}"
     on_node = " && ".join([cd, *(shell_words(step) for step in steps)])
-    in_slurm = " && ".join(shell_words(_for_slurm(step, launch), (SLURM_NODE_RANK, SLURM_MASTER))
+    in_slurm = " && ".join(shell_words(_for_slurm(step), (SLURM_NODE_RANK, SLURM_MASTER))
                            for step in steps)
     nodes = launch.num_nodes
     return [

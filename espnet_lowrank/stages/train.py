@@ -219,10 +219,9 @@ class Factorisation:
     def out(self) -> Path:
         return self.warmup / "lowrank_init.pth"
 
-    def sources(self) -> List[str]:
-        return ["--dense_config", str(self.warmup / "config.yaml"),
-                "--dense_model", str(self.warmup / f"{self.epochs}epoch.pth"),
-                "--config", str(self.stage.config), "--out", str(self.out)]
+    @property
+    def dense_model(self) -> Path:
+        return self.warmup / f"{self.epochs}epoch.pth"
 
     def done(self) -> bool:
         return self.out.exists()
@@ -231,15 +230,16 @@ class Factorisation:
         pass
 
     def commands(self) -> List[List[str]]:
-        return [[self.stage.launch.python, "-m", "espnet_lowrank.cli", "convert", *self.sources()]]
+        return [[self.stage.launch.python, "-m", "espnet_lowrank.cli", "convert",
+                 "--dense_config", str(self.warmup / "config.yaml"), "--dense_model", str(self.dense_model),
+                 "--config", str(self.stage.config), "--out", str(self.out)]]
 
     def run(self) -> None:
         from espnet_lowrank.tools.convert import convert, format_energy
 
         log(f"stage 11: factorise the warmed-up dense model into {self.out}")
         try:
-            rows = convert(self.warmup / "config.yaml", self.warmup / f"{self.epochs}epoch.pth", self.stage.config,
-                           self.out)
+            rows = convert(self.warmup / "config.yaml", self.dense_model, self.stage.config, self.out)
         except (StageError, ValueError, FileNotFoundError) as error:
             raise StageError(f"stage 11: factorising the warmed-up model failed: {error}") from error
         (self.warmup / "convert.log").write_text(f"wrote {self.out}: {len(rows)} factorised layers\n"
