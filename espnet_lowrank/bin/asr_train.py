@@ -67,3 +67,8 @@ if __name__ == "__main__":
         torch.nn.parallel.DistributedDataParallel = _RecordedDDP
     main()
     check_ranks_agree()
+    if torch.distributed.is_initialized():
+        # ESPnet leaves the process group to the interpreter's exit, where gloo's threads were seen to abort
+        # a rank (SIGABRT, "terminate called without an active exception") after training had finished
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
