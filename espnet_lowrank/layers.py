@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 from torch.utils.hooks import RemovableHandle
 
+from espnet_lowrank.recompute import recomputed_pair
 from espnet_lowrank.validation import check_choice
 
 #: Dense initialisations a factor pair can be spectrally initialised from.
@@ -112,6 +113,9 @@ class LowRankLinear(nn.Module):
     A drop-in for ``nn.Linear``. Above the break-even rank
     ``in·out / (in + out)`` it has *more* parameters than the dense layer.
     """
+
+    #: recompute ``V x`` in the backward pass instead of keeping it (:mod:`espnet_lowrank.recompute`)
+    recompute_hidden = False
 
     def __init__(
         self,
@@ -282,6 +286,8 @@ class LowRankLinear(nn.Module):
 
     def apply_factors(self, x, u, v, bias):
         """``u (v x) + bias`` in this layer's form."""
+        if self.recompute_hidden:
+            return recomputed_pair(x, u, v, bias)
         return F.linear(F.linear(x, v), u, bias)
 
     def apply_matrix(self, x, matrix, bias):
@@ -316,7 +322,9 @@ class LowRankPointwiseConv1d(LowRankLinear):
         return matrix.unsqueeze(-1)
 
     def apply_factors(self, x, u, v, bias):
-        return F.conv1d(F.conv1d(x, v.unsqueeze(-1)), u.unsqueeze(-1), bias)
+        # two matmuls over the channels of a channels-last view: as two k=1 convolutions the pair stepped
+        # slower than the dense convolution on CPU (docs/benchmarks.md, "Compiled and memory-lean training")
+        return super().apply_factors(x.transpose(1, 2), u, v, bias).transpose(1, 2)
 
     def apply_matrix(self, x, matrix, bias):
         return F.conv1d(x, matrix.unsqueeze(-1), bias)
