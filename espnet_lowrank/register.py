@@ -37,6 +37,8 @@ def register() -> None:
         choices.classes[name] = cls
     if not getattr(asr.ASRTask.build_model, "checks_checkpoints", False):
         asr.ASRTask.build_model = _checking_checkpoints(asr.ASRTask.build_model.__func__)
+    if not getattr(asr.ASRTask.add_task_arguments, "adds_ours", False):
+        asr.ASRTask.add_task_arguments = _adding_our_options(asr.ASRTask.add_task_arguments.__func__)
 
 
 def _checking_checkpoints(build_model):
@@ -51,6 +53,27 @@ def _checking_checkpoints(build_model):
 
     build_checked_model.checks_checkpoints = True
     return classmethod(build_checked_model)
+
+
+def _adding_our_options(add_task_arguments):
+    """``ASRTask.add_task_arguments`` that also adds the training options of
+    :mod:`espnet_lowrank.bin.asr_train`. Every parser knows them, so a config
+    that sets them passes ESPnet's checks; only our training entry point acts
+    on them (decoding a compiled run's model does not compile)."""
+    from espnet2.utils.types import str2bool
+
+    def add_with_ours(cls, parser):
+        add_task_arguments(cls, parser)
+        group = parser.add_argument_group("espnet-lowrank training")
+        group.add_argument("--compile", type=str2bool, default=False,
+                           help="torch.compile every encoder and decoder block (dynamic shapes); "
+                                "checkpoints keep their keys")
+        group.add_argument("--lowrank_recompute", type=str2bool, default=False,
+                           help="factorised layers keep only their input for the backward pass and "
+                                "recompute V·x there: no more activation memory than dense")
+
+    add_with_ours.adds_ours = True
+    return classmethod(add_with_ours)
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):

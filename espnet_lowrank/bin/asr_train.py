@@ -1,7 +1,9 @@
 """``python -m espnet_lowrank.bin.asr_train``: ESPnet's ``asr_train`` with the
 low-rank classes registered, crash-safe checkpoints
-(:mod:`espnet_lowrank.checkpoints`) and, under torchrun, a check that every
-rank ends with the same weights; every option is ESPnet's own."""
+(:mod:`espnet_lowrank.checkpoints`), under torchrun a check that every rank
+ends with the same weights, and two training options of ours besides ESPnet's:
+``--compile`` (:mod:`espnet_lowrank.compiling`) and ``--lowrank_recompute``
+(:mod:`espnet_lowrank.recompute`)."""
 
 import hashlib
 import os
@@ -13,12 +15,36 @@ import torch
 
 import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
 from espnet2.bin.asr_train import main
+from espnet2.tasks.asr import ASRTask
 
 from espnet_lowrank.checkpoints import install_atomic_save, recover_checkpoint
+from espnet_lowrank.compiling import compile_blocks, graphs_compiled
 from espnet_lowrank.errors import one_line_errors
+from espnet_lowrank.recompute import set_recompute
 from espnet_lowrank.stages.train_options import command_line_value
 
-install_atomic_save()  # at import, so the processes ESPnet spawns for DDP save atomically too
+
+
+def _building_for_training(build_model):
+    """``ASRTask.build_model`` that applies our training options to the model
+    it builds (here only: decoding builds models through ESPnet's own)."""
+
+    def build_for_training(cls, args):
+        model = build_model(cls, args)
+        if getattr(args, "lowrank_recompute", False):
+            print(f"asr_train: {set_recompute(model, True)} factorised layers recompute V·x in the backward pass",
+                  file=sys.stderr, flush=True)
+        if getattr(args, "compile", False) and not getattr(args, "collect_stats", False):
+            compile_blocks(model)
+            _building_for_training.compiling = True
+        return model
+
+    return classmethod(build_for_training)
+
+
+# at import, so the processes ESPnet spawns for DDP save atomically and build as we do too
+install_atomic_save()
+ASRTask.build_model = _building_for_training(ASRTask.build_model.__func__)
 
 
 @one_line_errors
@@ -66,6 +92,8 @@ if __name__ == "__main__":
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.nn.parallel.DistributedDataParallel = _RecordedDDP
     main()
+    if getattr(_building_for_training, "compiling", False):
+        print(f"asr_train: torch.compile built {graphs_compiled()} graphs in this process", file=sys.stderr)
     check_ranks_agree()
     if torch.distributed.is_initialized():
         # ESPnet leaves the process group to the interpreter's exit, where gloo's threads were seen to abort
