@@ -12,6 +12,8 @@ import importlib.util
 import sys
 
 ASR_TASK = "espnet2.tasks.asr"
+#: training options our ``asr_train`` adds to ESPnet's (a stock ESPnet parser refuses them)
+TRAINING_OPTIONS = ("compile", "lowrank_recompute")
 
 
 def register() -> None:
