@@ -2,6 +2,7 @@
 recompilation, and checkpoints an uncompiled model loads strictly and resumes.
 Compiling takes minutes on 2 CPU cores: these tests are slow."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,10 @@ def test_a_compiled_memory_lean_run_resumes_uncompiled(tmp_path):
     first = subprocess.run(command + ["--compile", "true", "--lowrank_recompute", "true"],
                            capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "factorised layers recompute V·x" in first.stderr and "torch.compile built" in first.stderr
+    assert "factorised layers recompute V·x" in first.stderr
+    # an epoch of batches of varying lengths (and a last one of a single utterance) stays within a few graphs
+    graphs = re.search(r"torch.compile built (\d+) graphs", first.stderr)
+    assert graphs and int(graphs.group(1)) <= 12, first.stderr[-3000:]
     config = yaml.safe_load((exp / "config.yaml").read_text())
     assert config["compile"] is True and config["lowrank_recompute"] is True
     # the keys are the uncompiled model's: it loads strictly

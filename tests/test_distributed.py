@@ -11,6 +11,8 @@ import torch
 
 from tests.test_run_sh import ROOT, TINY_CONFIG, recipe_dir, run
 
+TINY_DENSE = ROOT / "tests" / "conf" / "tiny_dense.yaml"
+
 UTTERANCES, SAMPLES, TOKENS = 4, 8000, 5
 
 
@@ -134,3 +136,22 @@ def test_the_gpu_check_runs_its_cpu_part_and_says_cuda_is_absent(tmp_path):
     rows = [line for line in report.splitlines() if line.startswith("| ") and "check |" not in line]
     assert len(rows) == 3 and all(row.endswith("| pass |") for row in rows), rows
     assert "CUDA is absent on this machine" in report
+
+
+@pytest.mark.slow
+def test_the_gpu_checks_bench_runs_compiled_and_memory_lean_rows_on_the_cpu(tmp_path):
+    """The GPU check's part 2 (--quick: a toy batch; tiny configs), as it runs on the GPU."""
+    out = tmp_path / "gpu_check.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet_lowrank.cli", "gpu-check", "--recipe_dir", str(ROOT / "egs2/embedded/asr1"),
+         "--out", str(out), "--quick", "--configs", str(TINY_DENSE), str(TINY_CONFIG)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = out.read_text()
+    assert "### bench at the recipe's batch, amp bf16" in report
+    assert "batch_bins 120000 (ESPnet's numel sampler)" in report
+    for row in ("tiny_dense.yaml [eager, bf16]", "tiny_dense.yaml [compiled, bf16]",
+                "tiny_lowrank.yaml [compiled, bf16, recompute]"):
+        assert row in report
+    assert report.count("% in GEMMs and convolutions") == 6  # a profile of every row

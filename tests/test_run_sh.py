@@ -258,6 +258,18 @@ def test_guided_training_on_two_cpu_processes(pipeline):
 
 
 @pytest.mark.slow
+def test_compiled_memory_lean_training_on_two_cpu_processes(pipeline):
+    """--compile and --lowrank_recompute under torchrun: each rank compiles its blocks, DDP syncs them."""
+    recipe = pipeline["recipe"]
+    exp = recipe / "exp" / "asr_ddp_compiled"
+    run(recipe, *TINY, "--asr_tag", "ddp_compiled", "--stage", "11", "--stop_stage", "11", "--num_procs", "2",
+        *SPEED_PERTURB, "--asr_args", "--max_epoch 1 --batch_size 4 --batch_type unsorted",
+        "--asr_args", "--compile true --lowrank_recompute true")
+    log = (exp / "train.log").read_text()
+    assert "torch.compile built" in log and "all 2 ranks hold identical weights" in log
+
+
+@pytest.mark.slow
 def test_bring_your_own_data_dir_enters_at_stage_2(pipeline):
     """Any Kaldi-style dir under data/ can be named and enter at stage 2."""
     recipe = pipeline["recipe"]
