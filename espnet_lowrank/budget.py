@@ -22,7 +22,7 @@ choice may.
 
 import heapq
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -50,13 +50,27 @@ class Unit:
     cost_per_rank: int  # Σ (d_in + d_out) over its layers
     dense_params: int  # Σ d_in · d_out over its layers
     energy: Tuple[float, ...]  # energy[r]: kept share at rank r, averaged over its layers; energy[0] = 0
+    modules: Tuple[str, ...] = ()  # its layers' module paths in the model
 
     @property
     def name(self) -> str:
         return f"{self.part}.{self.group}[{self.block}]"
 
+    @property
+    def group_name(self) -> str:
+        return f"{self.part}.{self.group}"
 
-def unit_from_weights(part: str, group: str, block: int, matrices: Sequence[torch.Tensor]) -> Unit:
+
+#: Ranks are multiples of this: one number for every group, or one per group name (``encoder.attention``).
+MultipleOf = Union[int, Mapping[str, int]]
+
+
+def step_of(multiple_of: MultipleOf, unit: Unit) -> int:
+    return multiple_of if isinstance(multiple_of, int) else multiple_of[unit.group_name]
+
+
+def unit_from_weights(part: str, group: str, block: int, matrices: Sequence[torch.Tensor],
+                      modules: Sequence[str] = ()) -> Unit:
     """A unit from its layers' dense weights (as ``out × in`` matrices)."""
     shares = []
     for matrix in matrices:
@@ -66,7 +80,7 @@ def unit_from_weights(part: str, group: str, block: int, matrices: Sequence[torc
     energy = torch.stack([share[: full + 1] for share in shares]).mean(0)
     return Unit(part, group, block, full, min(break_even_rank(m.shape[1], m.shape[0]) for m in matrices),
                 sum(sum(m.shape) for m in matrices),
-                sum(m.shape[0] * m.shape[1] for m in matrices), tuple(energy.tolist()))
+                sum(m.shape[0] * m.shape[1] for m in matrices), tuple(energy.tolist()), tuple(modules))
 
 
 def choices(unit: Unit, multiple_of: int) -> List[Tuple[int, int, float]]:
@@ -94,16 +108,16 @@ def steepest_climb(options: Sequence[Tuple[int, int, float]], here: int, single:
                key=lambda k: ((options[k][2] - energy) / (options[k][1] - cost), -k))
 
 
-def allocate(units: Sequence[Unit], budget: int, multiple_of: int = 8) -> Dict[str, int]:
+def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8) -> Dict[str, int]:
     """Rank per unit name (its full rank where it stays dense): Σ parameters ≤ ``budget``, every unit
     at least at its cheapest choice, energy kept as high as the greedy climbs reach."""
-    options = {unit.name: choices(unit, multiple_of) for unit in units}
+    options = {unit.name: choices(unit, step_of(multiple_of, unit)) for unit in units}
     position = {unit.name: 0 for unit in units}
     spent = sum(options[unit.name][0][1] for unit in units)
     if spent > budget:
         raise ValueError(f"the budget leaves {budget:,} parameters for the factorised layers, but the cheapest "
-                         f"choice everywhere (rank {multiple_of}, or dense where that is not smaller) already needs "
-                         f"{spent:,}: ask for a larger --param_ratio")
+                         f"choice everywhere (the smallest multiple_of rank, or dense where that is not smaller) "
+                         f"already needs {spent:,}: ask for a larger --param_ratio")
 
     def climb(unit: Unit, single: bool = False):
         mine, here = options[unit.name], position[unit.name]
@@ -156,17 +170,24 @@ def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor]
             for index, block in enumerate(modules):
                 if f"{prefix}.{index}" in exclude:
                     continue
-                matrices = [
-                    _low_rank_class(layer, f"{prefix}.{index}.{path}").weight_as_matrix(
-                        dense_state[f"{prefix}.{index}.{path}.weight"])
-                    for path in paths if (layer := _get_submodule_or_none(block, path)) is not None
-                ]
+                present = [(f"{prefix}.{index}.{path}", layer) for path in paths
+                           if (layer := _get_submodule_or_none(block, path)) is not None]
+                matrices = [_low_rank_class(layer, name).weight_as_matrix(dense_state[f"{name}.weight"])
+                            for name, layer in present]
                 if matrices:
-                    units.append(unit_from_weights(part, group, index, matrices))
+                    units.append(unit_from_weights(part, group, index, matrices, [name for name, _ in present]))
     return units
 
 
-def lowrank_settings(units: Sequence[Unit], ranks: Mapping[str, int], multiple_of: int,
+def fixed_params(model: nn.Module, units: Sequence[Unit]) -> int:
+    """The parameters of ``model`` a budget over ``units`` does not choose: everything but the units'
+    layers' weights (their factors, or their dense weight; biases stay)."""
+    chosen = sum(parameter.numel() for unit in units for module in unit.modules
+                 for name, parameter in model.get_submodule(module).named_parameters() if name != "bias")
+    return sum(parameter.numel() for parameter in model.parameters()) - chosen
+
+
+def lowrank_settings(units: Sequence[Unit], ranks: Mapping[str, int], multiple_of: MultipleOf,
                      num_blocks: Mapping[str, int]) -> Dict[str, dict]:
     """``{"encoder_conf": {"lowrank_attention": {mapping: explicit, ratios: [...]}}, ...}``; a block
     that stays dense in a group (excluded, or worth its full size) gets ``null``, a group dense in
@@ -176,7 +197,7 @@ def lowrank_settings(units: Sequence[Unit], ranks: Mapping[str, int], multiple_o
         conf = settings.setdefault(f"{unit.part}_conf", {})
         mapping = conf.setdefault(f"lowrank_{unit.group}", {"mapping": "explicit",
                                                              "ratios": [None] * num_blocks[unit.part],
-                                                             "multiple_of": multiple_of})
+                                                             "multiple_of": step_of(multiple_of, unit)})
         if ranks[unit.name] < unit.full_rank:
             mapping["ratios"][unit.block] = ranks[unit.name] / unit.full_rank
     for conf in settings.values():

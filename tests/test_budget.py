@@ -155,3 +155,54 @@ def test_bad_budgets_are_named(dense_run, tmp_path, kwargs, message):
 def test_a_low_rank_model_is_not_budgeted_again(dense_run, tmp_path):
     with pytest.raises(Exception, match="a budget converts a dense encoder: conformer"):
         budgeted_config(CONF / "tiny_lowrank.yaml", dense_run["weights"], 0.5, tmp_path / "c.yaml")
+
+
+def _like_config(tmp_path) -> Path:
+    """tiny_lowrank.yaml with one group left dense, one block kept dense and ranks in multiples of 2."""
+    values = read_config(CONF / "tiny_lowrank.yaml")
+    del values["decoder_conf"]["lowrank_src_attention"]
+    values["encoder_conf"]["lowrank_convolution"] = {"mapping": "explicit", "ratios": [0.5, None]}
+    values["encoder_conf"]["lowrank_attention"]["multiple_of"] = 2
+    values["encoder_conf"]["lowrank_init"] = "svd"
+    path = tmp_path / "like.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+def test_a_budget_like_a_low_rank_config_keeps_its_groups_settings_and_hits_the_budget(dense_run, tmp_path, ratio):
+    """What run.sh --lowrank_param_ratio does after a warm-up: the config says what is factorised."""
+    like = _like_config(tmp_path)
+    out = tmp_path / "lr" / "config.yaml"
+    result = budgeted_config(dense_run["config"], dense_run["weights"], ratio, out, like=like)
+    values = read_config(out)
+    conf = values["encoder_conf"]
+    assert conf["lowrank_input_layer"] == {"mapping": "constant", "ratio": 0.5}  # not budgeted: as it was
+    assert conf["lowrank_init"] == "svd"
+    assert "lowrank_src_attention" not in values["decoder_conf"]  # dense in the config, dense here
+    if "lowrank_convolution" in conf:
+        assert conf["lowrank_convolution"]["ratios"][1] is None  # the block the config keeps dense
+    assert conf["lowrank_attention"]["mapping"] == "explicit" and conf["lowrank_attention"]["multiple_of"] == 2
+    assert all(unit.group_name != "decoder.src_attention" for unit in result["units"])
+    lowrank = build_model(out)
+    assert count_parameters(lowrank) == result["params"]
+    assert abs(result["params"] / count_parameters(dense_run["model"]) - ratio) <= 0.01
+    assert not [name for name, _ in low_rank_layers(lowrank) if ".src_attn." in name]
+    assert [name for name, _ in low_rank_layers(lowrank) if name.startswith("encoder.embed")]  # the subsampling
+    convert(dense_run["config"], dense_run["weights"], out, tmp_path / "lr" / "model.pth")
+    lowrank.load_state_dict(torch.load(tmp_path / "lr" / "model.pth"), strict=True)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--param_ratio", "0.5", "--config", "LIKE", "--exclude", "encoder.convolution"],
+     "--exclude: with --config .* the config says which layers stay dense"),
+    ([], "say what to convert into: --config"),
+])
+def test_convert_refuses_options_that_contradict(dense_run, tmp_path, argv, message):
+    from espnet_lowrank.tools.convert import main
+
+    argv = [str(_like_config(tmp_path)) if arg == "LIKE" else arg for arg in argv]
+    with pytest.raises(SystemExit, match=message):
+        main(["--dense_config", str(dense_run["config"]), "--dense_model", str(dense_run["weights"]),
+              "--out", str(tmp_path / "out.pth"), *argv])
+    assert not (tmp_path / "out.pth").exists()

@@ -4,10 +4,12 @@
         --config conf/train_asr_lrsms_demo.yaml --out exp/lrsms_init.pth
 
 The low-rank model is the one ``--config`` describes (ranks from its
-mappings), or, with ``--param_ratio R`` instead, the dense model's own config
+mappings), or, with ``--param_ratio R``, the dense model's own config
 with ranks chosen to reach R times its parameters while keeping as much of
 each weight's spectral energy as possible (:mod:`espnet_lowrank.budget`;
-written to ``--out_config``, with the ranks printed per group and block):
+written to ``--out_config``, with the ranks printed per group and block);
+given both, the budget factorises what ``--config`` factorises, keeping its
+other settings (what ``run.sh --lowrank_param_ratio`` does after a warm-up):
 
     espnet-lowrank convert --dense_config exp/dense/config.yaml --dense_model exp/dense/valid.acc.ave.pth \\
         --param_ratio 0.5 --exclude encoder.convolution encoder.encoders.0 --out exp/half/model.pth
@@ -36,6 +38,7 @@ import yaml
 from espnet_lowrank import budget, packing
 from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
+from espnet_lowrank.layers import LowRankLinear
 from espnet_lowrank.model_config import build_model, count_parameters, read_config, training_options
 from espnet_lowrank.surgery import factorize_state_dict
 
@@ -68,10 +71,7 @@ def convert(dense_config, dense_model, config, out) -> List[Dict]:
     if not dense_model.is_file():
         raise FileNotFoundError(f"dense model {dense_model} does not exist")
     dense_state = torch.load(dense_model, map_location="cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        merged = Path(tmp) / "config.yaml"
-        merged.write_text(yaml.safe_dump(lowrank_options(dense_config, config)))
-        model = build_model(merged)
+    model = _build(lowrank_options(dense_config, config))
     state = factorize_state_dict(model, dense_state)
     model.load_state_dict(state, strict=True)  # the layout Speech2Text and --init_param will see
     out = Path(out)
@@ -87,9 +87,14 @@ BUDGET_TWINS = {"encoder": ("conformer", "lowrank_conformer"), "decoder": ("tran
 
 
 def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, exclude=(),
-                    multiple_of: int = 8) -> Dict:
+                    multiple_of: int = 8, like=None) -> Dict:
     """Write the low-rank config whose ranks spend ``param_ratio`` of the dense model's parameters
-    (:mod:`espnet_lowrank.budget`); returns the ranks and the parameter counts."""
+    (:mod:`espnet_lowrank.budget`); returns the ranks and the parameter counts.
+
+    With ``like`` (a low-rank training YAML), the budget factorises only the layers that config
+    factorises, with its groups' ``multiple_of``, and keeps its other settings (initialisation,
+    subsampling, ...): its mappings are replaced by the chosen explicit ones. Without it, every group
+    but ``exclude`` is budgeted, in multiples of ``multiple_of``."""
     if not 0 < param_ratio < 1:
         raise InputError(f"--param_ratio {param_ratio}: the low-rank model's size relative to the dense one, in (0, 1)")
     values = read_config(dense_config)
@@ -101,7 +106,19 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     state = torch.load(Path(dense_model), map_location="cpu")
     units = budget.budget_units(model, state, exclude)
     dense_params = count_parameters(model)
-    fixed = dense_params - sum(unit.dense_params for unit in units)
+    if like is None:
+        shaped = model  # every budgeted layer is dense there
+    else:
+        values = lowrank_options(dense_config, like)
+        shaped = _build(values)
+        units = [unit for unit in units if all(isinstance(shaped.get_submodule(m), LowRankLinear) for m in unit.modules)]
+        multiple_of = {unit.group_name: _mapping(values, unit).get("multiple_of", 1) for unit in units}
+        for unit in units:  # its mappings give way to the explicit ones below
+            values[f"{unit.part}_conf"].pop(f"lowrank_{unit.group}", None)
+    if not units:
+        raise InputError(f"{like}: factorises none of the layers a budget chooses ranks for "
+                         f"({', '.join(f'{part}.{group}' for part, groups in budget._groups().items() for group in groups)})")
+    fixed = budget.fixed_params(shaped, units)
     target = round(param_ratio * dense_params)
     ranks = budget.allocate(units, target - fixed, multiple_of)
     num_blocks = {"encoder": len(model.encoder.encoders), "decoder": len(model.decoder.decoders)}
@@ -113,9 +130,23 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     values = training_options(values)  # so that run.sh --init_param can train on from it
     out_config = Path(out_config)
     out_config.parent.mkdir(parents=True, exist_ok=True)
-    out_config.write_text(yaml.safe_dump(values, sort_keys=False))
+    partial = out_config.with_name(f".{out_config.name}.{os.getpid()}.tmp")
+    partial.write_text(yaml.safe_dump(values, sort_keys=False))
+    partial.replace(out_config)
     return {"ranks": ranks, "units": units, "dense_params": dense_params, "target_params": target,
             "params": fixed + budget.factorised_params(units, ranks)}
+
+
+def _build(values: Dict):
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(yaml.safe_dump(values))
+        return build_model(config)
+
+
+def _mapping(values: Dict, unit) -> Dict:
+    mapping = values[f"{unit.part}_conf"].get(f"lowrank_{unit.group}")
+    return mapping if isinstance(mapping, dict) else {}
 
 
 def format_ranks(result: Dict) -> str:
@@ -145,9 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense_config", help="the dense run's saved config.yaml (not with a pack)")
     parser.add_argument("--dense_model", required=True,
                         help="its weights, e.g. 5epoch.pth, or a packed asr_model.zip (config included)")
-    ranks = parser.add_mutually_exclusive_group(required=True)
-    ranks.add_argument("--config", help="the low-rank training YAML (ranks, groups)")
-    ranks.add_argument("--param_ratio", type=float, help="instead: ranks for this share of the dense parameters")
+    parser.add_argument("--config", help="the low-rank training YAML (ranks, groups); with --param_ratio: its "
+                        "groups and settings, ranks chosen by the budget")
+    parser.add_argument("--param_ratio", type=float, help="ranks for this share of the dense parameters")
     parser.add_argument("--exclude", nargs="*", default=[], help="with --param_ratio: groups or blocks kept dense, "
                         "e.g. encoder.convolution decoder.src_attention encoder.encoders.0")
     parser.add_argument("--multiple_of", type=int, default=8, help="with --param_ratio: ranks are multiples of it")
@@ -158,12 +189,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def convert_by_budget(dense_config, dense_model, param_ratio: float, out, exclude=(), multiple_of: int = 8,
-                      out_config=None):
+                      out_config=None, like=None):
     """``--param_ratio``: write the budgeted low-rank config (``out_config``, by default ``config.yaml``
     beside ``out``) and the dense weights converted into it; returns the config's path,
     :func:`budgeted_config`'s result and :func:`convert`'s rows."""
     config = Path(out_config) if out_config else Path(out).with_name("config.yaml")
-    result = budgeted_config(dense_config, dense_model, param_ratio, config, exclude, multiple_of)
+    result = budgeted_config(dense_config, dense_model, param_ratio, config, exclude, multiple_of, like)
     return config, result, convert(dense_config, dense_model, config, out)
 
 
@@ -175,9 +206,13 @@ def run(args: argparse.Namespace) -> None:
         dense_config, dense_model = packing.unpack_model(dense_model, Path(args.out).parent / "dense_pack")
     elif not dense_config:
         raise InputError("--dense_config is needed, unless --dense_model is a packed asr_model.zip")
+    if args.config is None and args.param_ratio is None:
+        raise InputError("say what to convert into: --config (its ranks), --param_ratio (ranks by budget), or both")
     if args.param_ratio is not None:
+        if args.config and args.exclude:
+            raise InputError(f"--exclude: with --config {args.config} the config says which layers stay dense")
         config, result, rows = convert_by_budget(dense_config, dense_model, args.param_ratio, args.out, args.exclude,
-                                                 args.multiple_of, args.out_config)
+                                                 args.multiple_of, args.out_config, like=args.config)
         print(f"wrote {config}\n{format_ranks(result)}")
     else:
         config, rows = args.config, convert(dense_config, dense_model, args.config, args.out)
