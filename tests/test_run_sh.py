@@ -216,6 +216,46 @@ def test_dense_warmup_then_low_rank_each_phase_resumes_after_kill_9(pipeline):
 
 
 @pytest.mark.slow
+def test_a_budgeted_warmup_resumes_in_each_phase_hits_its_budget_and_decodes_and_merges(pipeline, tmp_path,
+                                                                                         monkeypatch):
+    """--lowrank_param_ratio: ranks from the warmed-up spectra, written as the run's explicit config."""
+    from espnet_lowrank.model_config import build_model, count_parameters
+    from espnet_lowrank.studies.history import training_history
+    from espnet_lowrank.tools.merge import main as merge
+
+    recipe = pipeline["recipe"]
+    exp = recipe / "exp" / "asr_budget"
+    warmup = exp / "dense_warmup"
+    options = [*TINY, "--asr_tag", "budget", "--stage", "11", "--stop_stage", "13", *SPEED_PERTURB,
+               "--lowrank_warmup_epochs", "2", "--lowrank_param_ratio", "0.5",
+               "--asr_args", "--max_epoch 4 --batch_size 2 --batch_type unsorted"]
+    kill_when_written(recipe, options, warmup / "1epoch.pth")  # in the dense phase
+    dense_first = (warmup / "1epoch.pth").stat().st_mtime_ns
+    kill_when_written(recipe, options, exp / "1epoch.pth")  # in the low-rank phase
+    lowrank_first = (exp / "1epoch.pth").stat().st_mtime_ns
+    run(recipe, *options)
+    assert (warmup / "1epoch.pth").stat().st_mtime_ns == dense_first
+    assert (exp / "1epoch.pth").stat().st_mtime_ns == lowrank_first
+    assert training_history(exp)["epochs"] == [1, 2, 3, 4]
+    assert "(asked: 0.500)" in (warmup / "convert.log").read_text()  # the ranks chosen, per group and block
+    saved = yaml.safe_load((exp / "config.yaml").read_text())
+    chosen = yaml.safe_load((warmup / "lowrank_config.yaml").read_text())
+    for part in ("encoder_conf", "decoder_conf"):
+        mappings = {key: value for key, value in saved[part].items() if key.startswith("lowrank_") and
+                    isinstance(value, dict) and key != "lowrank_input_layer"}
+        assert mappings and all(value["mapping"] == "explicit" for value in mappings.values())
+        assert mappings == {key: chosen[part][key] for key in mappings}
+    monkeypatch.chdir(recipe)  # the saved configs name the statistics relative to it
+    dense_params = count_parameters(build_model(warmup / "config.yaml"))
+    params = count_parameters(build_model(exp / "config.yaml"))
+    assert abs(params / dense_params - 0.5) <= 0.01
+    assert "|test|" in (exp / "RESULTS.md").read_text()  # decoded and scored
+    merge(["--config", str(exp / "config.yaml"), "--model", str(exp / "valid.acc.ave.pth"),
+           "--out_dir", str(tmp_path / "merged")])
+    assert count_parameters(build_model(tmp_path / "merged" / "config.yaml")) == dense_params
+
+
+@pytest.mark.slow
 def test_two_cpu_processes_train_and_resume_after_one_is_killed(pipeline):
     """torchrun, gloo: both ranks log, a kill -9 of one rank stops the run, and a re-run resumes."""
     recipe = pipeline["recipe"]

@@ -142,3 +142,36 @@ def test_the_librispeech_100_recipe_fine_tunes_or_trains_without_a_warmup(tmp_pa
     parsed = asr_train_args(train[3:])
     assert parsed.config == "conf/tuning/train_asr_lrsms.yaml" and parsed.ngpu == 1
     assert parsed.init_param == ([str(model)] if "--init_param" in options else [])
+
+
+def test_a_budgeted_warmup_trains_the_budget_config_and_records_the_ratio(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    budgeted = stage(asr_args="--max_epoch 5", warmup_epochs=2, param_ratio=0.5)
+    dense, factorised, lowrank = plan(budgeted)
+    assert factorised.config == Path("exp/asr_x/dense_warmup/lowrank_config.yaml") == lowrank.config
+    assert dense.config == Path("exp/asr_x/dense_warmup/dense_config.yaml")
+    (convert,) = factorised.commands()
+    assert convert[convert.index("--param_ratio") + 1] == "0.5"
+    assert convert[convert.index("--config") + 1] == str(TINY_CONFIG)  # its groups and settings
+    assert convert[convert.index("--out_config") + 1] == "exp/asr_x/dense_warmup/lowrank_config.yaml"
+    assert budgeted.marker_state()["options"]["lowrank_param_ratio"] == "0.5"
+    assert "lowrank_param_ratio" not in stage(asr_args="--max_epoch 5", warmup_epochs=2).marker_state()["options"]
+    fixed = plan(stage(asr_args="--max_epoch 5", warmup_epochs=2))[2]
+    assert fixed.config == TINY_CONFIG
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(param_ratio=0.5), "--lowrank_param_ratio 0.5 chooses ranks from a dense warm-up's trained weights: "
+                            "give --lowrank_warmup_epochs too"),
+    (dict(param_ratio=1.5, warmup_epochs=2), r"--lowrank_param_ratio 1.5: .* in \(0, 1\)"),
+])
+def test_a_bad_param_ratio_is_named(options, message):
+    with pytest.raises(StageError, match=message):
+        plan(stage(asr_args="--max_epoch 5", **options))
+
+
+def test_run_sh_names_a_param_ratio_that_is_not_a_number(tmp_path):
+    result = run(recipe_dir(tmp_path), "--asr_config", str(TINY_CONFIG), "--lowrank_warmup_epochs", "1",
+                 "--lowrank_param_ratio", "half", "--print_launch_cmd", "true", check=False)
+    assert result.returncode != 0 and "--lowrank_param_ratio 'half': " in result.stderr
+    assert "Traceback" not in result.stderr

@@ -7,6 +7,12 @@
   config's low-rank model (``espnet-lowrank convert``), and that trains for the rest of ``max_epoch``
   with a fresh optimiser and learning-rate warm-up. A dense config has nothing to factorise and trains
   as it is; ``--init_param`` gives the starting weights itself, so it trains without the warm-up.
+- **budgeted warm-up** (``--lowrank_param_ratio R`` too): the ranks of the low-rank phase are chosen
+  from the warmed-up weights' spectra for R times the dense parameters (``convert --config C
+  --param_ratio R``: the layers the config factorises, its ``multiple_of`` and other settings), and
+  written as ``dense_warmup/lowrank_config.yaml`` with explicit mappings, which the low-rank phase
+  trains (ESPnet saves it as the run's ``config.yaml``, so decoding, packing, report and merge see an
+  ordinary low-rank config).
 
 One plan (:func:`plan`) serves both training and ``--print_launch_cmd``, which prints the same steps as
 command lines to copy onto the nodes of a multi-node training.
@@ -54,6 +60,7 @@ class Stage11:
     asr_args: str = ""  # every --asr_args run.sh was given, in order
     seed: Optional[int] = None  # ESPnet's --seed; None: the config's
     warmup_epochs: int = 0
+    param_ratio: Optional[float] = None  # after the warm-up: ranks for this share of the dense parameters
     init_param: str = ""  # path, or path:src:dst
     launch: Launch = field(default_factory=Launch)
     job_threads: int = 0
@@ -71,7 +78,8 @@ class Stage11:
         if self.seed is not None:
             options += ["--seed", str(self.seed)]
         options += list(phase_options)
-        if self.launch.world_size > 1 and guided(config):
+        # the budget's config is written by the step before this one; its guides are the config's
+        if self.launch.world_size > 1 and guided(config if config.exists() else self.config):
             # a guide whose weight reached 0 takes no part in the loss, which DDP must be told
             options += ["--unused_parameters", "true"]
         return options
@@ -87,10 +95,23 @@ class Stage11:
             inputs.append(self.init_param.split(":")[0])
         if self.seed is not None:
             options.append(f"seed={self.seed}")
+        if self.param_ratio is not None:
+            options.append(f"lowrank_param_ratio={self.param_ratio}")
         return marker.describe(options, inputs)
+
+    def check_param_ratio(self) -> None:
+        if self.param_ratio is None:
+            return
+        if not 0 < self.param_ratio < 1:
+            raise StageError(f"--lowrank_param_ratio {self.param_ratio}: the low-rank model's share of the dense "
+                             "parameters, in (0, 1)")
+        if self.warmup_epochs == 0:
+            raise StageError(f"--lowrank_param_ratio {self.param_ratio} chooses ranks from a dense warm-up's trained "
+                             "weights: give --lowrank_warmup_epochs too")
 
     def lowrank_epochs(self) -> int:
         """The epochs of the low-rank phase after a dense warm-up; 0 when there is no warm-up."""
+        self.check_param_ratio()
         if self.warmup_epochs == 0:
             return 0
         if self.init_param:
@@ -209,7 +230,8 @@ def show_epochs(train_log: Path, epochs: int, process: subprocess.Popen, start: 
 
 @dataclass
 class Factorisation:
-    """The warmed-up dense model, factorised into the config's low-rank model (exact at full rank)."""
+    """The warmed-up dense model, factorised into the config's low-rank model (exact at full rank), or
+    with ``--lowrank_param_ratio`` into the ranks a budget chooses from its spectra."""
 
     stage: Stage11
     warmup: Path
@@ -218,6 +240,11 @@ class Factorisation:
     @property
     def out(self) -> Path:
         return self.warmup / "lowrank_init.pth"
+
+    @property
+    def config(self) -> Path:
+        """The low-rank phase's config: the budget's, or the run's own."""
+        return self.stage.config if self.stage.param_ratio is None else self.warmup / "lowrank_config.yaml"
 
     @property
     def dense_model(self) -> Path:
@@ -230,19 +257,29 @@ class Factorisation:
         pass
 
     def commands(self) -> List[List[str]]:
+        budget = [] if self.stage.param_ratio is None else [
+            "--param_ratio", str(self.stage.param_ratio), "--out_config", str(self.config)]
         return [[self.stage.launch.python, "-m", "espnet_lowrank.cli", "convert",
                  "--dense_config", str(self.warmup / "config.yaml"), "--dense_model", str(self.dense_model),
-                 "--config", str(self.stage.config), "--out", str(self.out)]]
+                 "--config", str(self.stage.config), *budget, "--out", str(self.out)]]
 
     def run(self) -> None:
-        from espnet_lowrank.tools.convert import convert, format_energy
+        from espnet_lowrank.tools.convert import convert, convert_by_budget, format_energy, format_ranks
 
-        log(f"stage 11: factorise the warmed-up dense model into {self.out}")
+        dense_config, ratio = self.warmup / "config.yaml", self.stage.param_ratio
+        log(f"stage 11: factorise the warmed-up dense model into {self.out}"
+            + ("" if ratio is None else f", ranks for {ratio} of its parameters"))
         try:
-            rows = convert(self.warmup / "config.yaml", self.dense_model, self.stage.config, self.out)
+            if ratio is None:
+                chosen, rows = "", convert(dense_config, self.dense_model, self.stage.config, self.out)
+            else:
+                _, result, rows = convert_by_budget(dense_config, self.dense_model, ratio, self.out,
+                                                    out_config=self.config, like=self.stage.config)
+                chosen = f"wrote {self.config}\n{format_ranks(result)}\n"
+                log(f"stage 11: {format_ranks(result).splitlines()[-1]}")
         except (StageError, ValueError, FileNotFoundError) as error:
             raise StageError(f"stage 11: factorising the warmed-up model failed: {error}") from error
-        (self.warmup / "convert.log").write_text(f"wrote {self.out}: {len(rows)} factorised layers\n"
+        (self.warmup / "convert.log").write_text(f"{chosen}wrote {self.out}: {len(rows)} factorised layers\n"
                                                  f"{format_energy(rows)}\n")
 
 
@@ -271,7 +308,7 @@ def plan(stage: Stage11) -> List[Step]:
         Training(stage, f"dense warm-up, {stage.warmup_epochs} epochs", warmup / "dense_config.yaml", warmup,
                  ["--max_epoch", str(stage.warmup_epochs)], warmup / ".done", dense_twin_of=stage.config),
         factorised,
-        Training(stage, f"low rank from the warm-up, {lowrank_epochs} epochs", stage.config, stage.exp,
+        Training(stage, f"low rank from the warm-up, {lowrank_epochs} epochs", factorised.config, stage.exp,
                  ["--init_param", str(factorised.out), "--max_epoch", str(lowrank_epochs)]),
     ]
 
@@ -309,6 +346,7 @@ def check(stage: Stage11) -> None:
     """What would stop stage 11 (or 12) later, refused before anything starts."""
     launch = stage.launch
     launch.check()
+    stage.check_param_ratio()
     if launch.ngpu > 0:
         import torch
 
@@ -329,6 +367,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--asr_args", default="")
     parser.add_argument("--seed", default="", help="ESPnet's --seed; empty: the config's")
     parser.add_argument("--lowrank_warmup_epochs", type=int, default=0)
+    parser.add_argument("--lowrank_param_ratio", default="", help="empty: the config's ranks")
     parser.add_argument("--init_param", default="")
     parser.add_argument("--job_threads", type=int, default=0)
     for name in ("ngpu", "num_procs", "num_nodes", "node_rank", "master_port"):
@@ -341,8 +380,14 @@ def from_args(args: argparse.Namespace) -> Stage11:
     launch = Launch(args.ngpu, args.num_procs, args.num_nodes, args.node_rank, args.master_addr, args.master_port,
                     args.dist_backend)
     seed = int(args.seed) if str(args.seed).strip() else None
+    ratio = str(args.lowrank_param_ratio).strip()
+    try:
+        param_ratio = float(ratio) if ratio else None
+    except ValueError:
+        raise StageError(f"--lowrank_param_ratio {ratio!r}: the low-rank model's share of the dense parameters, "
+                         "a number in (0, 1)") from None
     return Stage11(args.asr_config, args.asr_exp, AsrInputs.from_args(args), args.stats_dir, args.asr_args, seed,
-                   args.lowrank_warmup_epochs, args.init_param, launch, args.job_threads)
+                   args.lowrank_warmup_epochs, param_ratio, args.init_param, launch, args.job_threads)
 
 
 @one_line_errors
