@@ -160,6 +160,8 @@ if run_stage 1; then
   marker=${datadir}/.stage1.${corpus}.done
   data_options=(--option "corpus=${corpus}" --option "librispeech_root=${librispeech_root}"
     --option "librispeech_parts=${librispeech_parts}" --option "embedded_size=${embedded_size}" --option "corpus_seed=${corpus_seed}")
+  # the embedded corpus gained its eval set later: a data dir made before it is completed once
+  [ "${corpus}" != embedded ] || data_options+=(--option "embedded_sets=train dev test eval")
   if stage_needed 1 "${marker}" "${data_options[@]}"; then
     data_sh=local/data.sh; [ -x "${data_sh}" ] || data_sh=${root}/local/data.sh  # a recipe's own, else ours
     "${data_sh}" --corpus "${corpus}" --datadir "${datadir}" --download_dir "${download_dir}" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage 1 of run.sh: put Kaldi-style data dirs under --datadir.
-#   --corpus embedded     synthesise the embedded corpus (no download), prepare data/{train,dev,test}
+#   --corpus embedded     synthesise the embedded corpus (no download), prepare data/{train,dev,test,eval}
 #   --corpus librispeech  download the parts from openslr (or use --librispeech_root, e.g. a copy you
 #                         already have: nothing is downloaded then), prepare data/<part with _>
 #   --corpus none         nothing to do: bring your own data/<set> dirs (wav.scp, text, utt2spk, spk2utt)
@@ -25,7 +25,7 @@ case "${corpus}" in
     out=${download_dir}/embedded_${embedded_size}_seed${seed}
     "${python}" -m espnet_lowrank.data.embedded_corpus --out "${out}" --size "${embedded_size}" \
       --seed "${seed}" --nj "${nj}"
-    for part in train dev test; do prepare "${out}/LibriSpeech" "${part}" "${part}"; done ;;
+    for part in train dev test eval; do prepare "${out}/LibriSpeech" "${part}" "${part}"; done ;;
   librispeech)
     if [ -z "${librispeech_root}" ]; then
       "${python}" -m espnet_lowrank.data.librispeech download --dest "${download_dir}" ${librispeech_parts}

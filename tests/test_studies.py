@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tiny_recipe import ROOT, SPEED_PERTURB, TINY_DATA, recipe_dir, run
 
@@ -57,6 +58,11 @@ def test_compare_trains_decodes_and_tabulates_two_configs_from_a_non_editable_in
     runs = json.loads(out.with_suffix(".json").read_text())
     assert [len(r["runs"]) for r in runs] == [1, 1] and runs[0]["runs"][0]["epochs"] == [1, 2]
     assert runs[1]["runs"][0]["train_seconds"] > 0
+    # parameters are counted from each run's saved config (where a budgeted warm-up's ranks are)
+    from espnet_lowrank.model_config import build_model, count_parameters
+
+    tokens = yaml.safe_load((pipeline["recipe"] / "exp" / "asr_tiny_dense" / "config.yaml").read_text())["token_list"]
+    assert runs[1]["runs"][0]["params"] == count_parameters(build_model(second, token_list=tokens))
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -66,6 +72,7 @@ def test_compare_entries_carry_their_options_and_seeds(tmp_path):
     entry = Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --seeds 2022,2023")
     assert entry.options == ["--lowrank_warmup_epochs", "2"] and entry.seeds == [2022, 2023]
     assert entry.tag == "x_warmup2" and entry.name == "x.yaml --lowrank_warmup_epochs 2"
+    assert Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --lowrank_param_ratio 0.5").tag == "x_warmup2_budget0.5"
     with pytest.raises(ValueError, match="must come last"):
         Entry.parse("conf/x.yaml --seeds 1,2 --lowrank_warmup_epochs 2")
     config = tmp_path / "x.yaml"

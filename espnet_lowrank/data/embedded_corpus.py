@@ -4,13 +4,18 @@ written in LibriSpeech's layout so the LibriSpeech preparation reads it.
     python -m espnet_lowrank.data.embedded_corpus --out downloads --size demo --seed 0
 
 Train speakers are espeak-ng voice variants at random rates and pitches; dev
-and test use variants never heard in training. Deterministic from the seed.
+and test use variants never heard in training, and ``eval`` — the studies'
+larger held-out set, good for telling a 1-point WER difference from noise —
+twelve more, heard nowhere else. Deterministic from the seed: each split
+draws its sentences after the ones before it, so adding ``eval`` left
+train, dev and test as they were, and a corpus made before it gains it alone.
 """
 
 import argparse
 import logging
 import multiprocessing
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -32,6 +37,10 @@ TRAIN_VARIANTS = (
 ).split()
 DEV_VARIANTS = ("m8", "f5", "Henrique")
 TEST_VARIANTS = ("klatt4", "Denis", "david", "norbert", "Andrea")
+EVAL_VARIANTS = ("Alicia", "anika", "aunty", "belinda", "benjamin", "boris", "caleb", "linda", "paul", "robert",
+                 "steph", "travis")
+#: The splits a corpus made before ``eval`` existed holds (its marker names no split).
+FIRST_SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
@@ -42,11 +51,12 @@ class CorpusSize:
     train_per_voice: int
     dev_per_voice: int
     test_per_voice: int
+    eval_per_voice: int
 
 
 SIZES: Dict[str, CorpusSize] = {
-    "tiny": CorpusSize(train_voices=4, train_per_voice=6, dev_per_voice=2, test_per_voice=2),
-    "demo": CorpusSize(train_voices=30, train_per_voice=60, dev_per_voice=20, test_per_voice=30),
+    "tiny": CorpusSize(train_voices=4, train_per_voice=6, dev_per_voice=2, test_per_voice=2, eval_per_voice=1),
+    "demo": CorpusSize(train_voices=30, train_per_voice=60, dev_per_voice=20, test_per_voice=30, eval_per_voice=60),
 }
 
 
@@ -55,20 +65,23 @@ def splits(size: CorpusSize) -> Dict[str, Tuple[Sequence[str], int]]:
         "train": (TRAIN_VARIANTS[: size.train_voices], size.train_per_voice),
         "dev": (DEV_VARIANTS, size.dev_per_voice),
         "test": (TEST_VARIANTS, size.test_per_voice),
+        "eval": (EVAL_VARIANTS, size.eval_per_voice),
     }
 
 
 def synthesize(out: Path, size: str = "demo", seed: int = 0, nj: int = 2) -> Path:
-    """Write ``out/LibriSpeech/{train,dev,test}``; returns the LibriSpeech root.
-    A finished corpus leaves a marker and is not made twice."""
+    """Write ``out/LibriSpeech/{train,dev,test,eval}``; returns the LibriSpeech root.
+    Each finished split leaves a marker and is not made twice."""
     if size not in SIZES:
         raise ValueError(f"size={size!r} is unknown; choose from {', '.join(SIZES)}")
     root = Path(out) / "LibriSpeech"
-    marker = root / f".embedded-{size}-{seed}.complete"
-    if marker.exists():
+    made = {split for split in splits(SIZES[size]) if _marker(root, size, seed, split).exists()}
+    if (root / f".embedded-{size}-{seed}.complete").exists():  # made before eval existed
+        made.update(FIRST_SPLITS)
+    jobs = [job for job in _plan(SIZES[size], random.Random(seed)) if job.split not in made]
+    if not jobs:
         logging.info("embedded corpus (%s, seed %d) already at %s", size, seed, root)
         return root
-    jobs = list(_plan(SIZES[size], random.Random(seed)))
     # One fresh process per speaker: espeak-ng's output depends on what the
     # process spoke before, so this keeps the audio a function of the seed.
     context = multiprocessing.get_context("fork")
@@ -78,8 +91,13 @@ def synthesize(out: Path, size: str = "demo", seed: int = 0, nj: int = 2) -> Pat
         for job, (rate, waves) in zip(jobs, pool.imap(_speak, jobs)):
             _write_speaker(root / job.split, job, rate, waves)
             bar.update(len(waves))
-    marker.touch()
+    for split in {job.split for job in jobs}:
+        _marker(root, size, seed, split).touch()
     return root
+
+
+def _marker(root: Path, size: str, seed: int, split: str) -> Path:
+    return root / f".embedded-{size}-{seed}-{split}.complete"
 
 
 @dataclass(frozen=True)
@@ -96,13 +114,14 @@ def _plan(size: CorpusSize, rng: random.Random):
             lines = tuple(
                 (sentence(rng), rng.randint(130, 200), rng.randint(25, 75)) for _ in range(count)
             )
-            # speakers: train 1000+, dev 2000+, test 3000+
+            # speakers: train 1000+, dev 2000+, test 3000+, eval 4000+
             speaker = str(1000 * (split_index + 1) + index)
             yield SpeakerJob(split, speaker, "en+" + variant.replace("_", " "), lines)
 
 
 def _speak(job: SpeakerJob):
     synthesiser = espeak()
+    synthesiser.seed(zlib.crc32(job.speaker.encode()))  # the audio is a function of the job alone
     waves = [synthesiser.say(text, job.voice, rate, pitch) for text, rate, pitch in job.lines]
     return synthesiser.sample_rate, waves
 

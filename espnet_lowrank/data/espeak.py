@@ -41,6 +41,12 @@ class Espeak:
         self._callback = _CALLBACK(self._collect)  # kept alive as long as we are
         self._lib.espeak_SetSynthCallback(self._callback)
 
+    def seed(self, value: int) -> None:
+        """Seed the noise espeak-ng draws (aspiration, some variants' voicing): its own generator, which
+        it seeds from the clock, and the C library's ``rand()``, which a forked process inherits."""
+        self._lib.espeak_ng_SetRandSeed(ctypes.c_long(value))
+        ctypes.CDLL(None).srand(ctypes.c_uint(value))
+
     def _collect(self, samples, count, events) -> int:
         if count > 0:
             self._chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())

@@ -36,8 +36,6 @@ from espnet_lowrank.studies.recipe import Recipe
 
 
 def summarise(recipe: Recipe, run: PlannedRun, test_set: str) -> Run:
-    import yaml
-
     from espnet_lowrank.guide import finish_guides
     from espnet_lowrank.model_config import build_model, count_parameters
     from espnet_lowrank.stages.score import score_set, scored_decode_dir
@@ -48,10 +46,9 @@ def summarise(recipe: Recipe, run: PlannedRun, test_set: str) -> Run:
     # again by hand with another inference config holds both
     decode_dir = scored_decode_dir(exp / "RESULTS.md", test_set)
     scores = score_set(recipe.path / "dump" / "raw" / test_set / "text", decode_dir / test_set / "text")
-    # the model that is decoded: the training config with the run's vocabulary (the saved config.yaml
-    # holds it), its guides, if any, gone
-    tokens = yaml.safe_load((exp / "config.yaml").read_text())["token_list"]
-    decoded = finish_guides(build_model(run.entry.config, token_list=tokens))
+    # the model that is decoded: the run's saved config (a budgeted warm-up's ranks are only there), its
+    # guides, if any, gone; its feature statistics hold no parameters and are named relative to the recipe
+    decoded = finish_guides(build_model(exp / "config.yaml", overrides={"normalize": None}))
     return Run(
         tag=run.tag, seed=run.seed, params=count_parameters(decoded),
         epochs=history["epochs"], valid_acc=history["valid_acc"], valid_loss=history["valid_loss"],
