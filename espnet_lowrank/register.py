@@ -13,7 +13,7 @@ import sys
 
 ASR_TASK = "espnet2.tasks.asr"
 #: training options our ``asr_train`` adds to ESPnet's (a stock ESPnet parser refuses them)
-TRAINING_OPTIONS = ("compile", "lowrank_recompute")
+TRAINING_OPTIONS = ("compile", "lowrank_recompute", "stop_after_nonfinite_steps")
 
 
 def register() -> None:
@@ -64,6 +64,8 @@ def _adding_our_options(add_task_arguments):
     on them (decoding a compiled run's model does not compile)."""
     from espnet2.utils.types import str2bool
 
+    from espnet_lowrank.divergence import DEFAULT_LIMIT
+
     def add_with_ours(cls, parser):
         add_task_arguments(cls, parser)
         group = parser.add_argument_group("espnet-lowrank training")
@@ -73,6 +75,9 @@ def _adding_our_options(add_task_arguments):
         group.add_argument("--lowrank_recompute", type=str2bool, default=False,
                            help="factorised layers keep only their input for the backward pass and "
                                 "recompute V·x there: no more activation memory than dense")
+        group.add_argument("--stop_after_nonfinite_steps", type=int, default=DEFAULT_LIMIT,
+                           help="end the training, naming the last good checkpoint, after this many training "
+                                "steps in a row with a non-finite loss (0: never)")
 
     add_with_ours.adds_ours = True
     return classmethod(add_with_ours)

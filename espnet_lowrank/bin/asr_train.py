@@ -1,8 +1,10 @@
 """``python -m espnet_lowrank.bin.asr_train``: ESPnet's ``asr_train`` with the
 low-rank classes registered, crash-safe checkpoints
 (:mod:`espnet_lowrank.checkpoints`), under torchrun a check that every rank
-ends with the same weights, and two training options of ours besides ESPnet's:
-``--compile`` (:mod:`espnet_lowrank.compiling`) and ``--lowrank_recompute``
+ends with the same weights, a stop for a diverged training
+(``--stop_after_nonfinite_steps``, :mod:`espnet_lowrank.divergence`), and two
+training options of ours besides ESPnet's: ``--compile``
+(:mod:`espnet_lowrank.compiling`) and ``--lowrank_recompute``
 (:mod:`espnet_lowrank.recompute`)."""
 
 import hashlib
@@ -17,6 +19,7 @@ import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
 from espnet2.bin.asr_train import main
 from espnet2.tasks.asr import ASRTask
 
+from espnet_lowrank import divergence
 from espnet_lowrank.checkpoints import install_atomic_save, recover_checkpoint
 from espnet_lowrank.compiling import compile_blocks, graphs_compiled
 from espnet_lowrank.errors import one_line_errors
@@ -37,6 +40,8 @@ def _building_for_training(build_model):
         if getattr(args, "compile", False) and not getattr(args, "collect_stats", False):
             compile_blocks(model)
             _building_for_training.compiling = True
+        if getattr(args, "stop_after_nonfinite_steps", 0) > 0 and not getattr(args, "collect_stats", False):
+            divergence.install(model, Path(args.output_dir), args.stop_after_nonfinite_steps)
         return model
 
     return classmethod(build_for_training)
@@ -91,7 +96,10 @@ if __name__ == "__main__":
     prepare_resume(sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.nn.parallel.DistributedDataParallel = _RecordedDDP
-    main()
+    try:
+        main()
+    except divergence.TrainingDiverged as error:  # one line, naming the last good checkpoint
+        sys.exit(f"ERROR: {error}")
     if getattr(_building_for_training, "compiling", False):
         print(f"asr_train: torch.compile built {graphs_compiled()} graphs in this process", file=sys.stderr)
     check_ranks_agree()

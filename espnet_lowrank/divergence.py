@@ -1,0 +1,91 @@
+"""Stop a training whose loss stays non-finite, naming where and the last good checkpoint.
+
+ESPnet skips a step whose gradient norm is not finite ("The grad norm is nan. Skipping updating the
+model.") and goes on. One such step is harmless, and fp16 AMP's loss scaler makes a few in a row while it
+calibrates; but once the weights themselves have blown up, every later step is one, each epoch's loss
+reads ``nan``, and ESPnet ends the run *successfully* after an epoch in which no step was valid — the
+pipeline would then decode and score a model that never trained. :class:`DivergenceGuard` watches the
+loss of every training step and ends the run after ``limit`` non-finite ones in a row.
+"""
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from espnet_lowrank.errors import InputError
+
+#: Non-finite losses in a row that end a training: far more than a loss scaler's calibration makes
+#: (one per halving of its scale: about 10 from fp16's 2^16 default to 2^6) and far fewer than an epoch of
+#: LibriSpeech-100 (~700 steps at the recipe's batch), so a run that cannot recover stops within an epoch.
+DEFAULT_LIMIT = 20
+
+
+class TrainingDiverged(InputError):
+    """The loss stayed non-finite: an expected failure, told in one line (no traceback)."""
+
+
+def last_good_checkpoint(output_dir: Path) -> Optional[Path]:
+    """The newest ``<N>epoch.pth`` in ``output_dir`` whose weights are all finite."""
+    numbered = sorted((int(match.group(1)), path) for path in Path(output_dir).glob("*epoch.pth")
+                      if (match := re.fullmatch(r"(\d+)epoch\.pth", path.name)))
+    for _, path in reversed(numbered):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if all(torch.isfinite(value).all() for value in state.values()
+               if torch.is_tensor(value) and value.is_floating_point()):
+            return path
+    return None
+
+
+class DivergenceGuard:
+    """A forward hook on the ESPnet model: counts training steps per epoch and non-finite losses in a row."""
+
+    def __init__(self, output_dir: Path, limit: int = DEFAULT_LIMIT):
+        if limit < 1:
+            raise ValueError(f"--stop_after_nonfinite_steps {limit}: give 1 or more (0 turns the guard off)")
+        self.output_dir = Path(output_dir)
+        self.limit = limit
+        self.epoch: Optional[int] = None
+        self.step = 0
+        self.in_a_row = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.step = epoch, 0
+
+    def __call__(self, module: torch.nn.Module, inputs, output) -> None:
+        if not module.training:  # validation's losses are its own business
+            return
+        self.step += 1
+        loss = output[0] if isinstance(output, (tuple, list)) else output
+        if bool(torch.isfinite(loss.detach()).all()):
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise TrainingDiverged(self.message())
+
+    def message(self) -> str:
+        good = last_good_checkpoint(self.output_dir)
+        where = f"epoch {self.epoch}, step {self.step}" if self.epoch is not None else f"step {self.step}"
+        last = (f"the last checkpoint with finite weights is {good}" if good is not None
+                else "no finished epoch has finite weights yet")
+        return (f"training diverged: the loss was not finite for {self.in_a_row} steps in a row, up to {where}; "
+                f"{last}. Lower the learning rate (optim_conf.lr) or raise its warm-up, and train again "
+                f"(another --asr_tag, or --init_param from that checkpoint)")
+
+
+def install(model: torch.nn.Module, output_dir: Path, limit: int = DEFAULT_LIMIT) -> DivergenceGuard:
+    """Guard ``model``'s training steps; the epoch comes from ESPnet's reporter, as its trainer sets it."""
+    from espnet2.train.reporter import Reporter
+
+    guard = DivergenceGuard(output_dir, limit)
+    model.register_forward_hook(guard)
+    set_epoch = Reporter.set_epoch
+
+    def set_epoch_and_tell(reporter, epoch: int) -> None:
+        set_epoch(reporter, epoch)
+        guard.start_epoch(epoch)
+
+    Reporter.set_epoch = set_epoch_and_tell
+    return guard
