@@ -123,12 +123,13 @@ def test_compare_jobs_trains_runs_side_by_side_and_does_not_compare_their_times(
     monkeypatch.setenv("OMP_NUM_THREADS", "6")
     out = tmp_path / "results" / "study"
     table = tool.compare(recipe, [Entry(configs[0]), Entry(configs[1], seeds=[2022, 7])], out,
-                         "test", ["--ngpu", "1"], jobs=3).splitlines()
-    # data stages, then the shared statistics (stage 10) once, before any run starts
-    assert calls[0][:2] == ("--stop_stage", "5") and calls[1][:4] == ("--stage", "10", "--stop_stage", "10")
+                         "eval", ["--ngpu", "1"], jobs=3).splitlines()
+    # data stages (the scored set dumped too), then the shared statistics (stage 10) once, before any run
+    assert calls[0][:4] == ("--stop_stage", "5", "--test_sets", "eval")
+    assert calls[1][:4] == ("--stage", "10", "--stop_stage", "10")
     assert sorted(c[c.index("--asr_tag") + 1] for c in calls[2:]) == ["first", "second", "second_seed7"]
     # each of the 3 runs takes a third of the 6 threads allowed; its own seed is run.sh's --seed
-    assert "--asr_tag second_seed7 --test_sets test --ngpu 1 --seed 7 (OMP_NUM_THREADS=2)" in (
+    assert "--asr_tag second_seed7 --test_sets eval --ngpu 1 --seed 7 (OMP_NUM_THREADS=2)" in (
         out.parent / "study_logs" / "second_seed7.log").read_text()
     assert table[2].split("|")[6].strip() == "–" and table[3].split("|")[3].strip() == "2.00×"
     assert "3 runs at a time" in table[-1] and "not compared" in table[-1]

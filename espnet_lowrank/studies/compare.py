@@ -59,7 +59,7 @@ def summarise(recipe: Recipe, run: PlannedRun, test_set: str) -> Run:
 def compare(recipe: Recipe, entries: Sequence[Entry], out: Path, test_set: str,
             run_args: Sequence[str] = (), seeds: Sequence[int] = (), jobs: int = 1) -> str:
     entries = [_resolved(entry) for entry in entries]
-    recipe.run("--stop_stage", "5", *run_args)
+    recipe.run("--stop_stage", "5", "--test_sets", test_set, *run_args)  # the set it scores is dumped too
     if jobs > 1:  # the feature statistics all runs share, made once before they start side by side
         recipe.run("--stage", "10", "--stop_stage", "10", "--asr_config", str(entries[0].config), *run_args)
     plan = planned_runs(entries, seeds)
