@@ -155,6 +155,16 @@ if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 11 ]; then  # refused before a
   py_asr espnet_lowrank.stages.train check "${training[@]}"
 fi
 
+# stages 1-5 write the recipe dir's shared data: one run at a time (flock: the kernel frees it when its
+# holder dies, so there is no stale lock and no reused PID); released before training starts
+if [ "${stage}" -le 5 ]; then
+  mkdir -p "${datadir}"
+  data_lock=${datadir}/.lock
+  exec 9>>"${data_lock}"
+  flock -n 9 || die "${datadir} is being prepared by another run (PID $(cat "${data_lock}" 2> /dev/null || echo '?')); wait for it to finish"
+  echo $$ > "${data_lock}"
+fi
+
 if run_stage 1; then
   log "stage 1: data (${corpus})"
   marker=${datadir}/.stage1.${corpus}.done
@@ -187,7 +197,8 @@ if run_stage 3; then
     log "stage 3: format ${datadir}/${set} into ${dumpdir}/raw/org/${set}"
     marker=${dumpdir}/raw/org/${set}/.done
     stage_needed 3 "${marker}" --input "${datadir}/${set}" || continue
-    py espnet_lowrank.stages.dump format --data_dir "${datadir}/${set}" --out_dir "${dumpdir}/raw/org/${set}"
+    py espnet_lowrank.stages.dump format --data_dir "${datadir}/${set}" --out_dir "${dumpdir}/raw/org/${set}" \
+      --nj "${nj}"
     stage_finished "${marker}" --input "${datadir}/${set}"
   done
 fi
@@ -223,6 +234,8 @@ if run_stage 5; then
     stage_finished "${token_dir}/.done" "${inputs[@]}"
   fi
 fi
+
+exec 9>&-  # the data lock, if this run took it
 
 data_inputs=(--input "${dumpdir}/raw/${train_sp}" --input "${dumpdir}/raw/${valid_set}" --input "${token_dir}")
 if run_stage 10; then

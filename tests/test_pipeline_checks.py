@@ -5,6 +5,7 @@ errors, and the console's view of training and decoding."""
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -62,6 +63,25 @@ def test_a_directory_input_names_the_file_that_changed(tmp_path):
     assert marker.changes(before, marker.describe([], [str(tmp_path / "d")])) == []
     (tmp_path / "d" / "text").write_text("y\n")
     assert marker.changes(before, marker.describe([], [str(tmp_path / "d")])) == [f"{tmp_path / 'd'} changed (text)"]
+
+
+def test_audio_rewritten_in_place_under_its_name_is_a_changed_input(tmp_path):
+    data = data_dir(tmp_path / "data", {"u1": tmp_path / "a.wav"})
+    soundfile.write(tmp_path / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    before = marker.describe([], [str(data)])
+    assert marker.changes(before, marker.describe([], [str(data)])) == []
+    soundfile.write(tmp_path / "a.wav", np.ones(3200, dtype=np.float32) / 2, 16000)  # same name, new audio
+    assert marker.changes(before, marker.describe([], [str(data)])) == [f"{data} changed ({marker.AUDIO})"]
+
+
+def test_a_marker_from_before_audio_was_fingerprinted_still_matches(tmp_path):
+    """Existing recipe dirs: their markers know no audio fingerprint, which must not read as a change (a
+    training would refuse to resume)."""
+    data = data_dir(tmp_path / "data", {"u1": tmp_path / "a.wav"})
+    soundfile.write(tmp_path / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    old = marker.describe([], [str(data)])
+    del old["inputs"][str(data)][marker.AUDIO]
+    assert marker.changes(old, marker.describe([], [str(data)])) == []
 
 
 def test_an_empty_marker_of_an_older_version_is_not_trusted(tmp_path):
@@ -134,6 +154,43 @@ def test_the_lock_of_a_run_that_died_is_taken_over_and_released(tmp_path):
     assert f"taking over exp/asr_x/.lock from PID {gone.pid}, which is gone" in result.stderr
     assert not (exp / ".lock").exists()  # released when run.sh ended, here at the model check:
     assert result.stderr.strip().endswith("ERROR: token list data/token_list/train/char/tokens.txt does not exist")
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    """A dead run's PID reused by a live process: the start time the lock records tells them apart."""
+    from espnet_lowrank.stages.lock import exclusive, started
+
+    recipe = fake_trainable_recipe(tmp_path)
+    exp = recipe / "exp" / "asr_x"
+    exp.mkdir()
+    reused = os.getpid()  # alive, but started at another time than the lock says
+    (exp / ".lock").write_text(f"{reused} {int(started(reused)) + 1}\n")
+    result = run(recipe, "--stage", "11", "--stop_stage", "11", "--asr_tag", "x", check=False)
+    assert f"taking over exp/asr_x/.lock from PID {reused}, which is gone" in result.stderr
+    with exclusive(tmp_path / "held"):  # and a lock records its owner's start time
+        assert (tmp_path / "held" / ".lock").read_text().split() == [str(os.getpid()), started(os.getpid())]
+
+
+def test_a_second_run_preparing_the_same_data_stops_naming_the_first(tmp_path):
+    recipe = recipe_dir(tmp_path)
+    (recipe / "data").mkdir()
+    holder = subprocess.Popen(["flock", str(recipe / "data" / ".lock"), "sleep", "60"], start_new_session=True)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:  # until it holds the lock
+            probe = subprocess.run(["flock", "-n", str(recipe / "data" / ".lock"), "true"])
+            if probe.returncode != 0:
+                break
+            time.sleep(0.05)
+        (recipe / "data" / ".lock").write_text(f"{holder.pid}\n")
+        result = run(recipe, "--corpus", "none", "--stop_stage", "1", check=False)
+        assert result.returncode != 0
+        assert f"data is being prepared by another run (PID {holder.pid}); wait for it to finish" in result.stderr
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and the sleep that inherited the lock
+        holder.wait()
+    result = run(recipe, "--corpus", "none", "--stop_stage", "1")  # the kernel freed it with its holder
+    assert "stage 1: data (none)" in result.stderr
 
 
 # --- stage 3 and 4: audio and transcripts ----------------------------------------------------------

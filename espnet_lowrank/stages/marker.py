@@ -8,7 +8,8 @@ reuses stale work quietly.
 A marker (``.done``, ``.stage1.embedded.done``, ...) is a small JSON file:
 the stage's options and a fingerprint of each input file or directory (the
 SHA-1 of each file; a directory is its non-hidden files, not its
-sub-directories). ``record --started`` writes the same record as
+sub-directories, and for a data dir the size and modification time of each
+audio file its wav.scp names). ``record --started`` writes the same record as
 ``.started`` beside it, for a stage that resumes (training): its inputs are
 checked before it goes on.
 ``check`` exits 0 when the stage finished with the same options and inputs
@@ -35,14 +36,40 @@ SKIP, RUN = 0, 3
 HASH_LIMIT = 1 << 30
 
 
+#: A data dir's fingerprint also covers the audio its wav.scp names, under this key.
+AUDIO = "audio wav.scp names"
+
+
 def fingerprint(path: Path) -> Dict[str, str]:
-    """``{relative name: digest}`` for a file, or for each file of a directory."""
+    """``{relative name: digest}`` for a file, or for each file of a directory, and for a data dir the
+    size and modification time of every audio file its ``wav.scp`` names (audio rewritten in place
+    under the same name is another input)."""
     if path.is_file():
         return {"": _file_digest(path)}
     if path.is_dir():
-        return {child.name: _file_digest(child) for child in sorted(path.iterdir())
-                if child.is_file() and not child.name.startswith(".")}
+        found = {child.name: _file_digest(child) for child in sorted(path.iterdir())
+                 if child.is_file() and not child.name.startswith(".")}
+        if (path / "wav.scp").is_file():
+            found[AUDIO] = _audio_digest(path / "wav.scp")
+        return found
     return {"": "missing"}
+
+
+def _audio_digest(wav_scp: Path) -> str:
+    """One digest of each named file's path, size and modification time (a command line, ``... |``, is
+    covered by wav.scp's own digest)."""
+    digest = hashlib.sha1()
+    with wav_scp.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            parts = line.strip().split(maxsplit=1)
+            if len(parts) < 2 or parts[1].endswith("|"):
+                continue
+            try:
+                status = os.stat(parts[1])
+                digest.update(f"{parts[1]} {status.st_size} {status.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{parts[1]} missing\n".encode())
+    return digest.hexdigest()
 
 
 def _file_digest(path: Path) -> str:
@@ -79,12 +106,20 @@ def changes(old: dict, new: dict) -> List[str]:
             found.append(f"{path} is a new input")
         elif path not in new_inputs:
             found.append(f"{path} is no longer an input")
-        elif old_inputs[path] != new_inputs[path]:
-            before, after = old_inputs[path], new_inputs[path]
+        elif old_inputs[path] != _comparable(old_inputs[path], new_inputs[path]):
+            before, after = old_inputs[path], _comparable(old_inputs[path], new_inputs[path])
             names = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
             where = f" ({', '.join(names)})" if names != [""] else ""
             found.append(f"{path} changed{where}")
     return found
+
+
+def _comparable(before: dict, after: dict) -> dict:
+    """``after``, less the audio's fingerprint where ``before`` (a marker written before audio was
+    fingerprinted) has none: not knowing it is not a change."""
+    if AUDIO in after and AUDIO not in before:
+        return {name: digest for name, digest in after.items() if name != AUDIO}
+    return after
 
 
 def started_marker(marker: Path) -> Path:
