@@ -57,6 +57,30 @@ def test_format_names_an_unreadable_audio_file(tmp_path):
         dump.format_dir(data, tmp_path / "dump")
 
 
+@pytest.mark.parametrize("nj", [1, 2])
+def test_format_decodes_every_file_to_its_end(tmp_path, nj):
+    """A FLAC whose header is fine and whose data breaks past its first second: caught here, not in training."""
+    data = make_dir(tmp_path, seconds=(1.0, 0.5, 3.0, 0.05))
+    flac = tmp_path / "audio" / "spk1-2.flac"
+    noise = np.random.default_rng(0).standard_normal(48000) * 0.1  # not compressible to a few frames
+    soundfile.write(flac, noise, 16000)
+    whole = flac.read_bytes()
+    flac.write_bytes(whole[: int(len(whole) * 0.6)])  # cut short, the header still says 3 s
+    assert soundfile.info(str(flac)).frames == 48000
+    with pytest.raises(StageError, match=r"stage 3: .*utterance spk1-2: cannot read .*spk1-2.flac.*lost sync"):
+        dump.format_dir(data, tmp_path / "dump", nj=nj)
+    assert not (tmp_path / "dump").exists()
+
+
+def test_format_names_non_finite_samples(tmp_path):
+    data = make_dir(tmp_path)
+    samples = np.zeros(16000, dtype=np.float32)
+    samples[12345] = np.nan
+    soundfile.write(tmp_path / "audio" / "spk1-0.flac", samples, 16000, format="WAV", subtype="FLOAT")
+    with pytest.raises(StageError, match=r"utterance spk1-0: .*spk1-0.flac holds 1 non-finite sample"):
+        dump.format_dir(data, tmp_path / "dump", nj=2)
+
+
 def test_format_names_a_transcript_without_audio(tmp_path):
     data = make_dir(tmp_path)
     with (data / "text").open("a") as stream:

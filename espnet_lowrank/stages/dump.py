@@ -2,17 +2,21 @@
 trains from (wav.scp, text, utt2spk, spk2utt, utt2num_samples), then filter
 by length.
 
-Stage 3 opens every file and checks what training assumes (a regular,
-readable, non-empty, mono file at the recipe's rate), so a bad one stops here,
-named with its utterance, rather than inside a DataLoader worker hours into
+Stage 3 decodes every file to its end (over ``--nj`` processes) and checks
+what training assumes (a regular, readable, non-empty, mono file at the
+recipe's rate, whole, with finite samples), so a bad one stops here, named
+with its utterance, rather than inside a DataLoader worker hours into
 training. Stage 4 lists what it drops, and why, in ``<out_dir>/dropped``.
 """
 
 import argparse
+import contextlib
+import multiprocessing
 import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import soundfile
 from tqdm import tqdm
 
@@ -21,32 +25,52 @@ from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 
 
-def format_dir(data_dir: Path, out_dir: Path, sample_rate: int = 16000) -> int:
-    """Stage 3: verify the audio of every utterance and count its samples."""
+def format_dir(data_dir: Path, out_dir: Path, sample_rate: int = 16000, nj: int = 1) -> int:
+    """Stage 3: verify the audio of every utterance, decoding it whole, and count its samples
+    (``nj`` processes)."""
     try:
         utterances = read_data_dir(data_dir)
     except (FileNotFoundError, ValueError) as error:
         raise StageError(f"stage 3: {error}") from error
-    samples: Dict[str, int] = {}
-    for utt in tqdm(utterances, desc=f"checking {data_dir.name}", unit="utt"):
-        samples[utt.utt_id] = audio_samples(Path(utt.audio), sample_rate,
-                                            where=f"stage 3: {data_dir}/wav.scp: utterance {utt.utt_id}")
+    jobs = [(Path(utt.audio), sample_rate, f"stage 3: {data_dir}/wav.scp: utterance {utt.utt_id}")
+            for utt in utterances]
+    with contextlib.ExitStack() as stack:
+        if nj > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(nj))
+            counts = pool.imap(_audio_samples_of, jobs, chunksize=8)
+        else:
+            counts = map(_audio_samples_of, jobs)
+        progress = tqdm(counts, total=len(jobs), desc=f"decoding {data_dir.name}", unit="utt")
+        samples = {utt.utt_id: count for utt, count in zip(utterances, progress)}
     return _write_dump(out_dir, utterances, samples)
+
+
+def _audio_samples_of(job) -> int:
+    return audio_samples(*job)
 
 
 def audio_samples(path: Path, sample_rate: int, where: str) -> int:
     """The sample count of ``path`` once it passes every check, else a
-    :class:`StageError` that starts with ``where``."""
+    :class:`StageError` that starts with ``where``. The file is decoded to its
+    end: a header can be fine and the data broken further in, which training
+    would meet hours later."""
     if path.is_dir():
         raise StageError(f"{where}: {path} is a directory, not an audio file")
     if not path.is_file():
         raise StageError(f"{where}: audio file {path} does not exist")
     try:
         info = soundfile.info(str(path))
+        decoded, non_finite = 0, 0
         with soundfile.SoundFile(str(path)) as stream:
-            stream.read(frames=min(info.frames, 1024))  # the header can be fine and the data not
+            for block in stream.blocks(blocksize=1 << 16, dtype="float32"):
+                decoded += len(block)
+                non_finite += int((~np.isfinite(block)).sum())
     except Exception as error:
         raise StageError(f"{where}: cannot read {path}: {error}") from error
+    if decoded != info.frames:
+        raise StageError(f"{where}: {path} is cut short: its header says {info.frames} samples, {decoded} decode")
+    if non_finite:
+        raise StageError(f"{where}: {path} holds {non_finite} non-finite sample(s) (NaN or inf)")
     if info.frames == 0:
         raise StageError(f"{where}: {path} holds no audio (0 samples)")
     if info.channels != 1:
@@ -109,6 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     fmt = sub.add_parser("format", help="stage 3")
     fmt.add_argument("--data_dir", type=Path, required=True)
     fmt.add_argument("--out_dir", type=Path, required=True)
+    fmt.add_argument("--nj", type=int, default=1, help="processes decoding the audio")
     flt = sub.add_parser("filter", help="stage 4")
     flt.add_argument("--dump_dir", type=Path, required=True)
     flt.add_argument("--out_dir", type=Path, required=True)
@@ -117,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     flt.add_argument("--max_text_chars", type=int, default=600)
     args = parser.parse_args(argv)
     if args.command == "format":
-        count = format_dir(args.data_dir, args.out_dir)
+        count = format_dir(args.data_dir, args.out_dir, nj=args.nj)
         print(f"stage 3: {count} utterances checked into {args.out_dir}")
     else:
         count = filter_dir(args.dump_dir, args.out_dir, args.min_seconds, args.max_seconds, args.max_text_chars)
