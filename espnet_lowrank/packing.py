@@ -9,10 +9,13 @@ unpacker finds and rewrites every one, wherever the originals were.
 """
 
 import shutil
+import stat
 import subprocess
 import sys
+import tarfile
 import tempfile
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Mapping, Tuple
 
 import yaml
@@ -21,16 +24,38 @@ from espnet_lowrank.errors import InputError
 
 
 def unpack_model(archive, into) -> Tuple[Path, Path]:
-    """``(config.yaml, weights)`` of an ``asr_model.zip``, unpacked under ``into``."""
+    """``(config.yaml, weights)`` of an ``asr_model.zip``, unpacked under ``into`` and nowhere else."""
     from espnet_model_zoo.downloader import ModelDownloader
 
     archive = Path(archive)
     if not archive.is_file():
         raise FileNotFoundError(f"model pack {archive} does not exist")
+    check_members(archive)
     files = ModelDownloader(Path(into)).unpack_local_file(str(archive))
     if "asr_train_config" not in files or "asr_model_file" not in files:
         raise InputError(f"{archive} is not an ESPnet ASR pack (it holds {', '.join(files) or 'nothing'})")
+    unpacked = Path(into).resolve()
+    for key in ("asr_train_config", "asr_model_file"):
+        if not Path(files[key]).resolve().is_relative_to(unpacked):
+            raise InputError(f"{archive}: refused: its {key} is {files[key]}, outside the pack")
     return Path(files["asr_train_config"]), Path(files["asr_model_file"])
+
+
+def check_members(archive: Path) -> None:
+    """Refuse a pack with a member that would unpack outside its target dir: an absolute path, a ``..``,
+    or a link (which a later member could write through)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as pack:
+            members = [(info.filename, stat.S_ISLNK(info.external_attr >> 16)) for info in pack.infolist()]
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as pack:
+            members = [(info.name, info.issym() or info.islnk()) for info in pack.getmembers()]
+    else:
+        raise InputError(f"{archive} is neither a zip nor a tar archive: not an ESPnet ASR pack")
+    for name, link in members:
+        path = PurePosixPath(name)
+        if link or path.is_absolute() or ".." in path.parts:
+            raise InputError(f"{archive}: refused: its member {name!r} would unpack outside the target dir")
 
 
 def pack_model(values: Mapping, model_file, outpath) -> Path:

@@ -39,6 +39,7 @@ from espnet_lowrank import budget, packing
 from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.layers import LowRankLinear
+from espnet_lowrank.model_files import load_weights
 from espnet_lowrank.model_config import build_model, count_parameters, read_config, training_options
 from espnet_lowrank.surgery import factorize_state_dict
 
@@ -67,10 +68,7 @@ def energy_kept(dense_state: Dict[str, torch.Tensor], model) -> List[Dict]:
 
 def convert(dense_config, dense_model, config, out) -> List[Dict]:
     """Write the converted state dict to ``out``; returns :func:`energy_kept`."""
-    dense_model = Path(dense_model)
-    if not dense_model.is_file():
-        raise FileNotFoundError(f"dense model {dense_model} does not exist")
-    dense_state = torch.load(dense_model, map_location="cpu")
+    dense_state = load_weights(dense_model)
     model = _build(lowrank_options(dense_config, config))
     state = factorize_state_dict(model, dense_state)
     model.load_state_dict(state, strict=True)  # the layout Speech2Text and --init_param will see
@@ -103,7 +101,7 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
             raise InputError(f"{dense_config}: {part}: {values.get(part)!r}; a budget converts a dense "
                              f"{part}: {parent} (into {ours})")
     model = build_model(dense_config)
-    state = torch.load(Path(dense_model), map_location="cpu")
+    state = load_weights(dense_model)
     units = budget.budget_units(model, state, exclude)
     dense_params = count_parameters(model)
     if like is None:

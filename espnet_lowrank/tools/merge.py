@@ -27,6 +27,7 @@ from espnet_lowrank.checkpoints import atomic_save
 from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, count_parameters, dense_twin, read_config, uses_low_rank
+from espnet_lowrank.model_files import load_weights
 from espnet_lowrank.register import TRAINING_OPTIONS
 from espnet_lowrank.surgery import merge_low_rank
 
@@ -61,7 +62,7 @@ def merge(config, model_file, out_dir, pack=None) -> Dict[str, object]:
     if not model_file.is_file():
         raise FileNotFoundError(f"model {model_file} does not exist")
     low_rank = build_model(config)
-    low_rank.load_state_dict(torch.load(model_file, map_location="cpu"), strict=True)
+    low_rank.load_state_dict(load_weights(model_file), strict=True)
     # in place on a copy: each factor pair becomes the dense layer it applies
     state = merge_low_rank(copy.deepcopy(low_rank)).state_dict()
 

@@ -31,6 +31,7 @@ import torch
 from espnet_lowrank.cli import command_main
 from espnet_lowrank.data.kaldi_dir import read_table
 from espnet_lowrank.model_config import build_model, config_args, read_token_list
+from espnet_lowrank.model_files import load_weights
 from espnet_lowrank.surgery import low_rank_layers, merge_low_rank
 
 
@@ -103,7 +104,7 @@ def step_check(config, data_dir, token_list, batches: int = 4, batch_size: int =
     torch.manual_seed(seed)
     lowrank = build_model(config, token_list=tokens)
     if checkpoint is not None:
-        lowrank.load_state_dict(torch.load(checkpoint, map_location="cpu"), strict=True)
+        lowrank.load_state_dict(load_weights(checkpoint), strict=True)
     layers = low_rank_layers(lowrank)
     if not layers:
         raise ValueError(f"{config} has no low-rank layers to check")
