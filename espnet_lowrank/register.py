@@ -46,15 +46,24 @@ def register() -> None:
 def _checking_checkpoints(build_model):
     """``ASRTask.build_model`` whose models refuse mismatched checkpoints (see
     :mod:`espnet_lowrank.strict_loading`), except adapter fine-tunings: ESPnet
-    may save their adapters alone and load them over the base model."""
+    may save their adapters alone and load them over the base model; ours also
+    refuse audio they cannot recognise (:mod:`espnet_lowrank.speech_input`)."""
+    from espnet_lowrank.speech_input import guard_inputs
     from espnet_lowrank.strict_loading import refuse_mismatched_checkpoints
 
     def build_checked_model(cls, args):
         model = build_model(cls, args)
+        if _uses_our_classes(model):  # a dense ESPnet model may take multichannel audio: left alone
+            guard_inputs(model)
         return model if getattr(args, "use_adapter", False) else refuse_mismatched_checkpoints(model)
 
     build_checked_model.checks_checkpoints = True
     return classmethod(build_checked_model)
+
+
+def _uses_our_classes(model) -> bool:
+    return any(type(getattr(model, part, None)).__module__.startswith("espnet_lowrank.")
+               for part in ("encoder", "decoder"))
 
 
 def _adding_our_options(add_task_arguments):

@@ -83,6 +83,44 @@ def test_asr_inference_entry_point_decodes_every_utterance(trained, tmp_path):
     assert sorted(line.split(" ")[0] for line in decoded) == [f"utt{i:02d}" for i in range(6)]
 
 
+@pytest.mark.parametrize("speech, message", [
+    (numpy.zeros(0, dtype=numpy.float32), "speech holds no samples"),
+    (numpy.array([0.1, numpy.nan, 0.2, numpy.inf] * 4000, dtype=numpy.float32),
+     r"holds 8000 non-finite sample\(s\) \(NaN or inf\)"),
+    (numpy.zeros((16000, 2), dtype=numpy.float32),
+     r"speech of shape \(16000, 2\) has 2 channels; the model takes mono"),
+])
+def test_speech2text_refuses_audio_it_cannot_recognise_in_one_line(trained, speech, message):
+    speech2text = Speech2Text(asr_train_config=str(trained["config"]), asr_model_file=str(trained["model"]))
+    with pytest.raises(InputError, match=message):
+        speech2text(speech)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("8k", "is sampled at 8000 Hz, the recipe expects 16000 Hz"),
+    ("stereo", "has 2 channels; the recipe trains on mono audio"),
+    ("empty", "holds no audio (0 samples)"),
+    ("nan", "holds 16000 non-finite sample(s) (NaN or inf)"),
+])
+def test_asr_inference_names_the_utterance_whose_audio_it_cannot_use(trained, tmp_path, kind, message):
+    audio = {"8k": (numpy.zeros(8000), 8000), "stereo": (numpy.zeros((16000, 2)), 16000),
+             "empty": (numpy.zeros(0), 16000), "nan": (numpy.full(16000, numpy.nan), 16000)}[kind]
+    soundfile.write(tmp_path / "bad.wav", audio[0].astype(numpy.float32), audio[1],
+                    subtype="FLOAT" if kind == "nan" else None)
+    (tmp_path / "wav.scp").write_text(f"utt00 {trained['data']['wav']}\nbad {tmp_path / 'bad.wav'}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "espnet_lowrank.bin.asr_inference", "--asr_train_config", str(trained["config"]),
+         "--asr_model_file", str(trained["model"]), "--data_path_and_name_and_type",
+         f"{tmp_path / 'wav.scp'},speech,sound", "--output_dir", str(tmp_path / "out"), "--ngpu", "0",
+         "--batch_size", "1", "--beam_size", "2", "--nbest", "1"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: ") and message in last, result.stderr[-2000:]
+    assert f"utterance bad: {tmp_path / 'bad.wav'}" in last  # refused before the model loads
+
+
 def test_speech2text_refuses_a_checkpoint_that_does_not_fit(trained, tmp_path):
     dense = build_model(CONF / "tiny_dense.yaml", token_list=trained["data"]["tokens"].read_text().split())
     checkpoint = tmp_path / "dense.pth"
