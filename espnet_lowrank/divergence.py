@@ -1,8 +1,8 @@
 """Stop a training whose loss stays non-finite, naming where and the last good checkpoint.
 
 ESPnet skips a step whose gradient norm is not finite ("The grad norm is nan. Skipping updating the
-model.") and goes on. One such step is harmless, and fp16 AMP's loss scaler makes a few in a row while it
-calibrates; but once the weights themselves have blown up, every later step is one, each epoch's loss
+model.") and goes on. One such step is harmless; but once the weights themselves have blown up, every
+later step is one, each epoch's loss
 reads ``nan``, and ESPnet ends the run *successfully* after an epoch in which no step was valid — the
 pipeline would then decode and score a model that never trained. :class:`DivergenceGuard` watches the
 loss of every training step and ends the run after ``limit`` non-finite ones in a row.
@@ -16,9 +16,10 @@ import torch
 
 from espnet_lowrank.errors import InputError
 
-#: Non-finite losses in a row that end a training: far more than a loss scaler's calibration makes
-#: (one per halving of its scale: about 10 from fp16's 2^16 default to 2^6) and far fewer than an epoch of
-#: LibriSpeech-100 (~700 steps at the recipe's batch), so a run that cannot recover stops within an epoch.
+#: Non-finite losses in a row that end a training. A bad batch or two make one or two such steps (fp16 AMP's
+#: loss scaler skips steps whose *gradients* overflow, with a finite loss: those do not count), while weights
+#: that have blown up make every later step one; 20 is far fewer than an epoch of LibriSpeech-100 (~700
+#: steps at the recipe's batch), so a run that cannot recover stops within an epoch.
 DEFAULT_LIMIT = 20
 
 

@@ -63,6 +63,8 @@ def test_pipeline_scores_and_packs(pipeline):
     train = (pipeline["recipe"] / "data" / "train_sp" / "wav.scp").read_text()
     assert "sp0.9-" in train and "sp1.1-" in train
     assert (exp / "asr_model.zip").exists()
+    # stage 1 prepares the embedded corpus's held-out eval set too (12 voices, 1 utterance each when tiny)
+    assert len((pipeline["recipe"] / "data" / "eval" / "wav.scp").read_text().splitlines()) == 12
 
 
 @pytest.mark.slow
