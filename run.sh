@@ -12,6 +12,9 @@
 # decoding are redone; training made from other inputs stops, saying what changed. Training (11)
 # resumes from exp/.../checkpoint.pth; one run per exp/decode dir at a time.
 set -euo pipefail
+# Bash reads a script while it runs it: in braces, all of run.sh is read before anything runs, so a
+# checkout updated (git pull) during a long run cannot change the run under it.
+{
 
 log() { echo "[$(date '+%F %T')] run.sh: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -282,3 +285,5 @@ if run_stage 14; then
     --asr_model_file "${asr_exp}/${inference_asr_model}" "${options[@]}" --outpath "${asr_exp}/asr_model.zip"
 fi
 log "finished stages ${stage}-${stop_stage}"
+exit
+}

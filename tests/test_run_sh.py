@@ -46,6 +46,26 @@ def test_a_stage_without_its_inputs_says_which_stage_to_run(tmp_path):
     assert "stage 11 needs dump/raw/train (made by stages 3-4)" in result.stderr
 
 
+def test_run_sh_edited_during_a_run_does_not_change_the_run(tmp_path):
+    """An edit of run.sh while it runs, written in place (as editors and scripts do): bash would go on
+    reading the new file from the old offset, mid-line."""
+    recipe = recipe_dir(tmp_path / "recipe")
+    script = tmp_path / "checkout" / "run.sh"
+    script.parent.mkdir()
+    shutil.copy(ROOT / "run.sh", script)
+    (recipe / "run.sh").write_text(f'#!/usr/bin/env bash\nexec "{script}" "$@"\n')
+    editing_python = tmp_path / "python"  # the first Python run.sh starts edits run.sh, in place
+    editing_python.write_text(f"#!/usr/bin/env bash\n{{ head -1 {script}; echo '# a line the update added, "
+                              f"shifting every later byte'; tail -n +2 {script}; }} > {script}.new\n"
+                              f"cat {script}.new > {script}\nexec {sys.executable} \"$@\"\n")
+    editing_python.chmod(0o755)
+    result = subprocess.run(["./run.sh", "--python", str(editing_python), "--corpus", "none", "--stop_stage", "1"],
+                            cwd=recipe, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "finished stages 1-1" in result.stderr
+    assert "# a line the update added" in script.read_text()  # the edit did happen
+
+
 def test_missing_config_is_named(tmp_path):
     result = run(recipe_dir(tmp_path), "--asr_config", "conf/nope.yaml", check=False)
     assert result.returncode != 0 and "--asr_config conf/nope.yaml does not exist" in result.stderr
