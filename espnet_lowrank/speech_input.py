@@ -10,7 +10,6 @@ by :func:`check_audio_files`, which names the utterance.
 
 import functools
 from pathlib import Path
-from typing import Iterable, Tuple
 
 import torch
 
@@ -50,17 +49,9 @@ def guard_inputs(model: torch.nn.Module) -> torch.nn.Module:
 def check_audio_files(wav_scp: Path, sample_rate: int) -> None:
     """Every file ``wav_scp`` names passes stage 3's checks (decoded to its end, finite, mono, at
     ``sample_rate``), or the first that does not is named with its utterance."""
+    from espnet_lowrank.data.kaldi_dir import read_table
     from espnet_lowrank.stages.dump import audio_samples
 
-    for utt, path in _entries(wav_scp):
+    for utt, path in read_table(wav_scp).items():
         if not path.endswith("|"):  # a command's output can only be checked by decoding it
             audio_samples(Path(path), sample_rate, where=f"{wav_scp}: utterance {utt}")
-
-
-def _entries(wav_scp: Path) -> Iterable[Tuple[str, str]]:
-    if not Path(wav_scp).is_file():
-        raise FileNotFoundError(f"wav.scp {wav_scp} does not exist")
-    for line in Path(wav_scp).read_text(encoding="utf-8").splitlines():
-        parts = line.strip().split(maxsplit=1)
-        if len(parts) == 2:
-            yield parts[0], parts[1]

@@ -41,5 +41,5 @@ if __name__ == "__main__":
     try:
         check_inputs(sys.argv[1:])
         main()
-    except (InputError, FileNotFoundError) as error:  # stage 3's checks raise InputErrors too
+    except (InputError, FileNotFoundError, ValueError) as error:  # a bad wav.scp or audio file
         sys.exit(f"ERROR: {error}")

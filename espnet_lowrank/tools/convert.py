@@ -109,13 +109,14 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     else:
         values = lowrank_options(dense_config, like)
         shaped = _build(values)
-        units = [unit for unit in units if all(isinstance(shaped.get_submodule(m), LowRankLinear) for m in unit.modules)]
+        units = [unit for unit in units
+                 if all(isinstance(shaped.get_submodule(module), LowRankLinear) for module in unit.modules)]
         multiple_of = {unit.group_name: _mapping(values, unit).get("multiple_of", 1) for unit in units}
         for unit in units:  # its mappings give way to the explicit ones below
             values[f"{unit.part}_conf"].pop(f"lowrank_{unit.group}", None)
     if not units:
-        raise InputError(f"{like}: factorises none of the layers a budget chooses ranks for "
-                         f"({', '.join(f'{part}.{group}' for part, groups in budget._groups().items() for group in groups)})")
+        groups = [f"{part}.{group}" for part, part_groups in budget._groups().items() for group in part_groups]
+        raise InputError(f"{like}: factorises none of the layers a budget chooses ranks for ({', '.join(groups)})")
     fixed = budget.fixed_params(shaped, units)
     target = round(param_ratio * dense_params)
     ranks = budget.allocate(units, target - fixed, multiple_of)
