@@ -2,9 +2,8 @@
 
 ESPnet skips a step whose gradient norm is not finite ("The grad norm is nan. Skipping updating the
 model.") and goes on. One such step is harmless; but once the weights themselves have blown up, every
-later step is one, each epoch's loss
-reads ``nan``, and ESPnet ends the run *successfully* after an epoch in which no step was valid — the
-pipeline would then decode and score a model that never trained. :class:`DivergenceGuard` watches the
+later step is one, each epoch's loss reads ``nan``, and ESPnet ends the run *successfully* after an
+epoch in which no step was valid — the pipeline would then decode and score a model that never trained. :class:`DivergenceGuard` watches the
 loss of every training step and ends the run after ``limit`` non-finite ones in a row.
 """
 
@@ -15,6 +14,7 @@ from typing import Optional
 import torch
 
 from espnet_lowrank.errors import InputError
+from espnet_lowrank.model_files import load_weights
 
 #: Non-finite losses in a row that end a training. A bad batch or two make one or two such steps (fp16 AMP's
 #: loss scaler skips steps whose *gradients* overflow, with a finite loss: those do not count), while weights
@@ -32,7 +32,7 @@ def last_good_checkpoint(output_dir: Path) -> Optional[Path]:
     numbered = sorted((int(match.group(1)), path) for path in Path(output_dir).glob("*epoch.pth")
                       if (match := re.fullmatch(r"(\d+)epoch\.pth", path.name)))
     for _, path in reversed(numbered):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path)
         if all(torch.isfinite(value).all() for value in state.values()
                if torch.is_tensor(value) and value.is_floating_point()):
             return path
