@@ -281,8 +281,10 @@ if run_stage 14; then
   log "stage 14: pack ${asr_exp}/asr_model.zip"
   options=(--option "${asr_exp}/RESULTS.md" --option "${stats_dir}/train/feats_stats.npz")
   [ "${token_type}" != bpe ] || options+=(--option "${token_dir}/bpe.model")
+  partial=${asr_exp}/.asr_model.partial.zip  # renamed into place whole: a stopped run leaves no half a pack
   py espnet2.bin.pack asr --asr_train_config "${asr_exp}/config.yaml" \
-    --asr_model_file "${asr_exp}/${inference_asr_model}" "${options[@]}" --outpath "${asr_exp}/asr_model.zip"
+    --asr_model_file "${asr_exp}/${inference_asr_model}" "${options[@]}" --outpath "${partial}"
+  mv -f "${partial}" "${asr_exp}/asr_model.zip"
 fi
 log "finished stages ${stage}-${stop_stage}"
 exit

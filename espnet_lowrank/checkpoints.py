@@ -11,7 +11,9 @@ overwrites the finished epochs). In our training entry point:
   kept as ``checkpoint.prev.pth`` (a hard link, so never a copy half-made).
 - :func:`recover_checkpoint`, before ESPnet resumes, falls back to
   ``checkpoint.prev.pth`` when ``checkpoint.pth`` does not load, saying so in
-  the log, and refuses to start from epoch 1 over finished epochs. A
+  the log, and refuses to start from epoch 1 over finished epochs; it also
+  restores the last epoch's ``Nepoch.pth`` from the checkpoint when a kill
+  came between the two saves. A
   multi-process training runs it once before launching
   (``python -m espnet_lowrank.checkpoints EXP_DIR``), not in every rank.
 """
@@ -22,7 +24,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -62,16 +64,31 @@ def install_atomic_save() -> None:
     torch.save = atomic_save
 
 
-def _load_error(path: Path) -> Optional[str]:
-    """None when ``path`` loads as ESPnet's resume loads it, else why not."""
+def _load(path: Path) -> Tuple[Optional[dict], Optional[str]]:
+    """The states in ``path`` as ESPnet's resume loads them, or None and why they do not load."""
     from espnet_lowrank._compat import load_checkpoint
 
     try:
         states = load_checkpoint(path, map_location="cpu")
-        states["reporter"], states["model"]
+        states["reporter"]["epoch"], states["model"]
     except Exception as error:  # a damaged file fails in many ways (zip, pickle, EOF)
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    return None
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return states, None
+
+
+def _restore_epoch_file(output_dir: Path, states: dict) -> None:
+    """ESPnet saves ``checkpoint.pth``, then ``Nepoch.pth``: a kill between the two leaves epoch N
+    finished without its file, which the model averaging after the last epoch then fails to read. The
+    checkpoint holds the same weights."""
+    epoch = states["reporter"]["epoch"]
+    target = output_dir / f"{epoch}epoch.pth"
+    if epoch < 1 or target.exists():
+        return
+    atomic_save(states["model"], target)
+    latest = output_dir / "latest.pth"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(target.name)
+    logging.warning(f"{target} was not written before the run stopped; restored from {CHECKPOINT}")
 
 
 def finished_epochs(output_dir: Path):
@@ -84,16 +101,19 @@ def recover_checkpoint(output_dir: Path) -> None:
     checkpoint, previous = output_dir / CHECKPOINT, output_dir / PREVIOUS
     epochs = finished_epochs(output_dir)
     if checkpoint.exists():
-        error = _load_error(checkpoint)
+        states, error = _load(checkpoint)
         if error is None:
+            _restore_epoch_file(output_dir, states)
             return
         damaged = checkpoint.with_name(CHECKPOINT + ".damaged")
         os.replace(checkpoint, damaged)
         logging.warning(f"{checkpoint} is damaged ({error}); kept as {damaged}")
     elif not epochs:
         return  # a new run
-    if previous.exists() and _load_error(previous) is None:
+    states, error = _load(previous) if previous.exists() else (None, "missing")
+    if error is None:
         _keep_as(previous, checkpoint)
+        _restore_epoch_file(output_dir, states)
         logging.warning(f"resuming from the last good state, {previous} (the epoch after it is trained again)")
         return
     raise InputError(

@@ -22,6 +22,7 @@ COMMANDS = {
     "gpu-check": "espnet_lowrank.studies.gpu_check",
     "compare": "espnet_lowrank.studies.compare",
     "budget-study": "espnet_lowrank.studies.budget_study",
+    "soak": "espnet_lowrank.studies.soak",
 }
 
 

@@ -6,6 +6,8 @@ Every command-line entry point wraps its ``main`` in :func:`one_line_errors`.
 back for everything, for those debugging the project itself.
 """
 
+import contextlib
+import errno
 import functools
 import os
 import sys
@@ -15,9 +17,42 @@ import sys
 EXPECTED = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, KeyError)
 
 
+#: A full disk or an exhausted quota: not a bug, and the same command goes on once space is freed.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(error: OSError) -> str:
+    where = f" writing {error.filename}" if error.filename else ""
+    return (f"{os.strerror(error.errno)}{where}: free space there and run the same command again "
+            "(finished work is kept)")
+
+
+@contextlib.contextmanager
+def writing_into(directory):
+    """Names ``directory`` in a full-disk error that does not say which file it was writing (a failed
+    write or close, unlike a failed open, carries no file name)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in DISK_FULL and not error.filename:
+            raise OSError(error.errno, os.strerror(error.errno), str(directory)) from error
+        raise
+
+
+def nearly_full(directory) -> bool:
+    """Whether the file system holding ``directory`` has under 1 MiB left: where a process that died
+    writing there could not even log why."""
+    status = os.statvfs(directory)
+    return status.f_bavail * status.f_frsize < (1 << 20)
+
+
 class InputError(Exception):
     """Bad input to a stage or tool; the message names the stage, file,
     option or utterance it is about."""
+
+
+def verbose() -> bool:
+    return os.environ.get("ESPNET_LOWRANK_VERBOSE", "") not in ("", "0", "false")
 
 
 def one_line_errors(main):
@@ -26,9 +61,13 @@ def one_line_errors(main):
         try:
             return main(*args, **kwargs)
         except (InputError, *EXPECTED) as error:
-            if os.environ.get("ESPNET_LOWRANK_VERBOSE", "") not in ("", "0", "false"):
+            if verbose():
                 raise
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
             sys.exit(f"ERROR: {message}")
+        except OSError as error:
+            if error.errno not in DISK_FULL or verbose():
+                raise
+            sys.exit(f"ERROR: {disk_full_message(error)}")
 
     return wrapper

@@ -72,6 +72,19 @@ def trained(tmp_path_factory):
     return root / "exp", train
 
 
+def test_an_epoch_file_lost_to_a_kill_after_the_checkpoint_is_restored(trained):
+    # ESPnet saves checkpoint.pth, then 2epoch.pth: a kill between them leaves the file out
+    exp, train = trained
+    (exp / "2epoch.pth").unlink()
+    result = train(2)  # nothing left to train: only the model averaging, which reads every epoch file
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2epoch.pth was not written before the run stopped; restored from checkpoint.pth" in result.stderr
+    weights = torch.load(exp / "checkpoint.pth", weights_only=False)["model"]
+    restored = torch.load(exp / "2epoch.pth")
+    assert restored.keys() == weights.keys() and all(torch.equal(restored[k], weights[k]) for k in weights)
+    assert os.readlink(exp / "latest.pth") == "2epoch.pth"
+
+
 def test_a_truncated_checkpoint_resumes_from_the_last_good_state(trained):
     exp, train = trained
     assert torch.load(exp / PREVIOUS, weights_only=False)["reporter"]["epoch"] == 1

@@ -5,6 +5,8 @@ config, the data or the inference config changed, and one run at a time per
 decode dir."""
 
 import argparse
+import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from typing import List, Optional, Sequence
 from tqdm import tqdm
 
 from espnet_lowrank.data.kaldi_dir import read_table
-from espnet_lowrank.errors import one_line_errors
+from espnet_lowrank.errors import nearly_full, one_line_errors, writing_into
 from espnet_lowrank.stages import StageError, marker
 from espnet_lowrank.stages.lock import exclusive
 from espnet_lowrank.threads import job_environment
@@ -88,6 +90,8 @@ def decode(
         if process.wait() != 0:
             failed.append(str(logdir / f"asr_inference.{index}.log"))
         log.close()
+    if failed and nearly_full(logdir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir))  # the jobs could not log why
     if failed:
         raise StageError(f"stage 12: decoding {data_dir} failed; see {', '.join(failed)}")
     merged = {}
@@ -120,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     inputs = [args.asr_model_file, args.asr_train_config, args.data_dir]
     if args.inference_config is not None:
         inputs.append(args.inference_config)
-    with exclusive(args.out_dir):
+    with writing_into(args.out_dir), exclusive(args.out_dir):
         state = marker.describe([], [str(path) for path in inputs])
         done = args.out_dir / ".done"
         if marker.check(done, "12", "redo", "", state) == marker.SKIP:

@@ -21,7 +21,7 @@ import soundfile
 from tqdm import tqdm
 
 from espnet_lowrank.data.kaldi_dir import Utterance, read_data_dir, read_table, replace_dir, write_data_dir
-from espnet_lowrank.errors import one_line_errors
+from espnet_lowrank.errors import one_line_errors, writing_into
 from espnet_lowrank.stages import StageError
 
 
@@ -142,10 +142,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     flt.add_argument("--max_text_chars", type=int, default=600)
     args = parser.parse_args(argv)
     if args.command == "format":
-        count = format_dir(args.data_dir, args.out_dir, nj=args.nj)
+        with writing_into(args.out_dir):
+            count = format_dir(args.data_dir, args.out_dir, nj=args.nj)
         print(f"stage 3: {count} utterances checked into {args.out_dir}")
     else:
-        count = filter_dir(args.dump_dir, args.out_dir, args.min_seconds, args.max_seconds, args.max_text_chars)
+        with writing_into(args.out_dir):
+            count = filter_dir(args.dump_dir, args.out_dir, args.min_seconds, args.max_seconds,
+                               args.max_text_chars)
         dropped = len((args.out_dir / "dropped").read_text().splitlines())
         print(f"stage 4: kept {count} utterances in {args.out_dir}, dropped {dropped}"
               + (f" (listed in {args.out_dir / 'dropped'})" if dropped else ""))
