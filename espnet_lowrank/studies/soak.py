@@ -1,11 +1,11 @@
 """Soak run.sh under kills: run it end to end, kill it at random moments (SIGKILL, SIGTERM or Ctrl-C's
 SIGINT, to its whole process group as a scheduler or a terminal does), resume with the same command after
 each kill, then check that nothing was lost, done twice or left behind:
-``espnet-lowrank soak --recipe_dir DIR --kills N --seed S -- RUN_SH_OPTIONS``.
+``espnet-lowrank soak --recipe_dir DIR --kills N --seeds S... -- RUN_SH_OPTIONS``.
 
-Each kill aims at a stage (every stage the run passes gets one before any gets two) and lands a random
-time after that stage's log line, so the moments fall in data preparation, training, decoding and packing
-alike; the seed, printed first, replays them. The checks at the end: no training epoch that had finished
+Each kill aims at a stage (every stage the run passes gets one; the kills beyond those go to training) and
+lands a random time after that stage's log line, so the moments fall in data preparation, training,
+decoding and packing alike; the seed, printed first, replays them. The checks at the end: no training epoch that had finished
 before a kill was started again; each phase trained its configured epochs; the decoded text, RESULTS.md
 and the pack come after the final model, each utterance once; no lock is held or left and no partial file
 remains.
@@ -35,10 +35,14 @@ from espnet_lowrank.studies.recipe import Recipe
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
 #: run.sh's stages, in order; each logs "stage N:" when it starts (also when it finds its work done)
 STAGES = (1, 2, 3, 4, 5, 10, 11, 12, 13, 14)
+TRAINING = 11
+TRAINING_SPAN = 8
 STAGE_LINE = re.compile(r"\bstage (\d+):")
 EPOCH_STARTED = re.compile(r"(\d+)/\d+epoch started")
 #: what a run that died leaves when something is not written atomically or not cleaned up
 LEFTOVER = re.compile(r"(\.partial(\.zip)?|\.tmp|\.damaged|^\.lock\..*)$")
+#: tries of a kill that came too late, each with half the delay
+RETRIES = 5
 #: a process that ignores SIGTERM or SIGINT longer than this is a failure
 STOP_SECONDS = 60
 
@@ -60,9 +64,12 @@ class Attempt:
 
 
 def plan_kills(rng: random.Random, kills: int, stages, signals, max_delay: float) -> List[Kill]:
-    """``kills`` kills in stage order: each stage once, round after round, with a random signal and delay."""
-    targets = [stages[index % len(stages)] for index in range(kills)]
-    return [Kill(rng.choice(signals), stage, round(rng.uniform(0, max_delay), 2))
+    """``kills`` kills in stage order, each with a random signal and delay: one per stage, and the kills
+    beyond those to training, where a run spends its hours (their delays range over ``TRAINING_SPAN``
+    times ``max_delay``, to reach into its epochs and phases)."""
+    targets = list(stages[:kills]) + [TRAINING] * max(0, kills - len(stages))
+    return [Kill(rng.choice(signals), stage,
+                 round(rng.uniform(0, max_delay * (TRAINING_SPAN if stage == TRAINING else 1)), 2))
             for stage in sorted(targets, key=stages.index)]
 
 
@@ -200,28 +207,39 @@ def epochs_trained_twice(attempts: List[Attempt]) -> List[str]:
     return twice
 
 
-def check_outputs(recipe: Recipe, options: List[str], tag_dir: Path) -> List[str]:
-    """What is missing, repeated or left behind after the last run, as readable lines."""
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else float("-inf")
+
+
+def training_problems(recipe: Recipe, tag_dir: Path) -> List[str]:
+    """Each training phase ended at its configured epoch; the averaged model came after the last one."""
     problems = []
     for out in training_dirs(recipe):
         configured = yaml.safe_load((out / "config.yaml").read_text())["max_epoch"]
         if finished_epochs(out) != configured:
             problems.append(f"{out} finished {finished_epochs(out)} of its {configured} epochs")
     model = tag_dir / "valid.acc.ave.pth"
-    final = (tag_dir / "checkpoint.pth").stat().st_mtime
-    if not model.exists() or model.stat().st_mtime < final:
+    if not model.exists() or _mtime(model) < _mtime(tag_dir / "checkpoint.pth"):
         problems.append(f"{model} is missing or older than the last epoch's checkpoint")
-    for text in tag_dir.glob("decode_*/*/text"):
+    return problems
+
+
+def result_problems(recipe: Recipe, tag_dir: Path) -> List[str]:
+    """Each decoded text holds every test utterance once and came after the model; RESULTS.md came after
+    the texts; the pack holds the model."""
+    model, texts = tag_dir / "valid.acc.ave.pth", sorted(tag_dir.glob("decode_*/*/text"))
+    problems = [] if texts else [f"nothing decoded in {tag_dir}"]
+    for text in texts:
         wav = recipe.path / "dump" / "raw" / text.parent.name / "wav.scp"
         keys = [line.split(maxsplit=1)[0] for line in text.read_text().splitlines()]
         if sorted(keys) != sorted(read_table(wav)):
             problems.append(f"{text} does not hold each utterance of {wav} once")
-        if text.stat().st_mtime < model.stat().st_mtime:
+        if _mtime(text) < _mtime(model):
             problems.append(f"{text} was decoded before {model} was written")
-    results, pack = tag_dir / "RESULTS.md", tag_dir / "asr_model.zip"
-    if not results.exists() or any(results.stat().st_mtime < text.stat().st_mtime
-                                   for text in tag_dir.glob("decode_*/*/text")):
+    results = tag_dir / "RESULTS.md"
+    if any(_mtime(results) < _mtime(text) for text in texts) or not results.exists():
         problems.append(f"{results} is missing or older than a decoded text")
+    pack = tag_dir / "asr_model.zip"
     try:
         with zipfile.ZipFile(pack) as archive:
             packed = yaml.safe_load(archive.read("meta.yaml"))["files"]["asr_model_file"]
@@ -229,11 +247,17 @@ def check_outputs(recipe: Recipe, options: List[str], tag_dir: Path) -> List[str
                 problems.append(f"{pack} is damaged or does not hold {model}")
     except (OSError, KeyError, zipfile.BadZipFile) as error:
         problems.append(f"{pack}: {error}")
+    return problems
+
+
+def leftovers(recipe: Recipe) -> List[str]:
+    """Partial files, lock files and held locks anywhere in the recipe dir."""
+    problems = []
     for folder, _, files in os.walk(recipe.path):  # not into the links to conf/ and local/
         for name in files:
             if LEFTOVER.search(name) or (name == ".lock" and Path(folder) != recipe.path / "data"):
                 problems.append(f"left behind: {Path(folder) / name}")
-    data_lock = recipe.path / "data" / ".lock"
+    data_lock = recipe.path / "data" / ".lock"  # flock's file stays; the lock must not
     if data_lock.exists():
         with data_lock.open("a") as handle:
             try:
@@ -263,14 +287,23 @@ def soak(recipe: Recipe, options: List[str], kills: int, seed: int, signals: Lis
                 f"{' '.join(str(k.stage) for k in plan)}, up to {max_delay} s after each stage's start")
     landed = []
     for number, kill in enumerate(plan, 1):
-        if not session.kill(kill, stages):
-            session.say(f"run.sh finished before kill {number} (aimed at stage {kill.stage})")
-            break
+        for _ in range(RETRIES):
+            if session.kill(kill, stages):
+                break
+            # run.sh got through the stage (and the rest) first: again, sooner (finished stages are checked
+            # and skipped; scoring and packing are redone, so a kill still lands in them)
+            session.say(f"run.sh finished before kill {number} ({kill.delay} s into stage {kill.stage}); "
+                        "again, sooner")
+            kill.delay = round(kill.delay / 2, 2)
+        else:
+            raise InputError(f"soak: kill {number} did not land in {RETRIES} tries; lower --max_delay")
         landed.append(kill)
         session.say(f"kill {number}/{kills}: SIG{kill.signal_name} in stage {kill.landed} "
                     f"(aimed at {kill.stage}, {kill.delay} s after its start); resuming")
     session.to_the_end()
-    problems = epochs_trained_twice(session.attempts) + check_outputs(recipe, options, tag_dir_of(recipe, options))
+    tag_dir = tag_dir_of(recipe, options)
+    problems = (epochs_trained_twice(session.attempts) + training_problems(recipe, tag_dir)
+                + result_problems(recipe, tag_dir) + leftovers(recipe))
     summary = {"seed": seed, "kills": len(landed), "planned": kills, "problems": problems,
                "landed": [(k.signal_name, k.landed) for k in landed]}
     session.say(f"seed {seed}: {len(landed)} kills survived, {len(problems)} problems"
@@ -281,7 +314,8 @@ def soak(recipe: Recipe, options: List[str], kills: int, seed: int, signals: Lis
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe_dir", type=Path, required=True,
                         help="a recipe dir (run.sh, conf/, local/); the soak's runs use its data/, dump/ and exp/")
-    parser.add_argument("--kills", type=int, default=10, help="kills per seed")
+    parser.add_argument("--kills", type=int, default=12,
+                        help="kills per seed: one per stage, the rest in training")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one soak per seed, each in its own scratch recipe dir under --out_dir")
     parser.add_argument("--signals", nargs="+", choices=sorted(SIGNALS), default=["KILL", "TERM", "INT"])

@@ -1,0 +1,97 @@
+"""The soak: run.sh from stage 1 to 14 on the tiny corpus, killed at random moments in every stage and
+resumed each time, loses no epoch, trains none twice and leaves nothing behind; and the soak's own checks
+catch what they are there to catch."""
+
+import os
+import random
+import signal
+
+import pytest
+
+from espnet_lowrank.studies import soak
+from espnet_lowrank.studies.recipe import Recipe
+from tiny_recipe import SPEED_PERTURB, TINY, recipe_dir
+
+#: the demo's plan in small: a dense warm-up epoch, then two low-rank epochs, and speed perturbation
+OPTIONS = [*TINY, *SPEED_PERTURB, "--lowrank_warmup_epochs", "1", "--asr_args", "--max_epoch 3"]
+
+
+def test_kills_aim_at_every_stage_in_order_and_the_rest_at_training():
+    stages = list(soak.STAGES)
+    plan = soak.plan_kills(random.Random(0), 13, stages, ["KILL", "TERM"], 2.0)
+    aimed = [kill.stage for kill in plan]
+    assert aimed == sorted(aimed, key=stages.index) and set(aimed) == set(stages)
+    assert aimed.count(soak.TRAINING) == 4 and aimed.count(1) == 1
+    assert all(kill.signal_name in ("KILL", "TERM") for kill in plan)
+    assert all(0 <= kill.delay <= 2.0 * (soak.TRAINING_SPAN if kill.stage == soak.TRAINING else 1) for kill in plan)
+    assert [(k.stage, k.delay) for k in plan] == [
+        (k.stage, k.delay) for k in soak.plan_kills(random.Random(0), 13, stages, ["KILL", "TERM"], 2.0)]
+
+
+def test_an_epoch_started_again_after_it_had_finished_is_reported(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("1/3epoch started\n")
+    first = soak.Attempt({tmp_path: 0}, {tmp_path: 1})  # killed after epoch 1 had finished
+    offset = log.stat().st_size
+    log.write_text(log.read_text() + "1/3epoch started\n2/3epoch started\n")
+    assert soak.epochs_trained_twice([first, soak.Attempt({tmp_path: offset}, {tmp_path: 3})]) == [
+        f"{tmp_path}: epoch 1 (finished before)"]
+    resumed = soak.Attempt({tmp_path: offset + len("1/3epoch started\n")}, {tmp_path: 3})
+    assert soak.epochs_trained_twice([first, resumed]) == []
+
+
+def test_partial_files_and_lock_files_are_reported(tmp_path):
+    recipe = recipe_dir(tmp_path / "recipe")
+    (recipe / "exp" / "asr_x").mkdir(parents=True)
+    (recipe / "exp" / "asr_x" / ".checkpoint.pth.123.partial").write_text("")
+    (recipe / "exp" / "asr_x" / ".lock").write_text("123 456\n")
+    (recipe / "data").mkdir()
+    (recipe / "data" / ".lock").write_text("")  # flock's file, not held: no problem
+    assert sorted(soak.leftovers(Recipe(recipe))) == [
+        f"left behind: {recipe}/exp/asr_x/.checkpoint.pth.123.partial", f"left behind: {recipe}/exp/asr_x/.lock"]
+
+
+def test_a_missing_decode_results_or_pack_is_reported(tmp_path):
+    recipe = recipe_dir(tmp_path / "recipe")
+    (recipe / "exp" / "asr_x").mkdir(parents=True)
+    problems = soak.result_problems(Recipe(recipe), recipe / "exp" / "asr_x")
+    assert problems[0] == f"nothing decoded in {recipe}/exp/asr_x"
+    assert any("RESULTS.md is missing" in p for p in problems) and any("asr_model.zip" in p for p in problems)
+
+
+def soaked(tmp_path, seed: int, signals, kills: int, max_delay: float = 4.0) -> dict:
+    base = Recipe(recipe_dir(tmp_path / "recipe"))
+    result = soak.soak(base.scratch(tmp_path / f"seed{seed}"), OPTIONS, kills, seed, signals, max_delay,
+                       tmp_path / f"soak{seed}.log")
+    assert result["problems"] == [] and result["kills"] == kills, (tmp_path / f"soak{seed}.log").read_text()[-5000:]
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["TERM", "INT"])  # a scheduler's stop; Ctrl-C in a terminal
+def test_a_stop_signal_in_every_stage_is_resumed(tmp_path, signal_name):
+    # one kill aimed at each stage, soon after it starts, so that each lands while that stage works
+    result = soaked(tmp_path, seed=10, signals=[signal_name], kills=len(soak.STAGES), max_delay=1.0)
+    landed = {stage for _, stage in result["landed"]}
+    assert {1, 11, 12, 14} <= landed, result["landed"]  # data, training, decoding, packing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_soak_survives_twelve_random_kills(tmp_path, seed):
+    result = soaked(tmp_path, seed=seed, signals=["KILL", "TERM", "INT"], kills=12)
+    print(f"seed {seed}: kills landed in stages {result['landed']}")
+
+
+def test_the_stop_wait_names_a_process_that_ignores_the_signal(tmp_path, monkeypatch):
+    monkeypatch.setattr(soak, "STOP_SECONDS", 1)
+    recipe = recipe_dir(tmp_path / "recipe")
+    (recipe / "run.sh").unlink()
+    (recipe / "run.sh").write_text("#!/usr/bin/env bash\ntrap '' TERM\necho 'run.sh: stage 1: x' >&2\nsleep 30\n")
+    (recipe / "run.sh").chmod(0o755)
+    run = soak.Run(Recipe(recipe), [], open(os.devnull, "w"))
+    assert run.wait_for_stage(1, list(soak.STAGES))
+    with pytest.raises(AssertionError, match="still running 1 s after SIGTERM"):
+        run.stop("TERM")
+    run.process.wait()
+    assert run.process.returncode == -signal.SIGKILL
