@@ -49,6 +49,7 @@ asr_args=               # extra options for asr_train, e.g. "--max_epoch 3"; giv
 seed=                   # the training seed (asr_train --seed); default: the config's
 lowrank_warmup_epochs=0 # >0: train the config's dense twin this many epochs, factorise it, go on in low rank
 lowrank_param_ratio=    # with a warm-up: ranks chosen from its trained spectra for this share of the dense parameters (e.g. 0.5); empty: the config's
+lowrank_allocator=energy # how that budget chooses them: energy | equal_energy (see convert --allocator)
 init_param=             # stage 11 starts from these weights, fresh optimiser (espnet-lowrank convert's output; path:src:dst too)
 token_type=char         # char | bpe (SentencePiece)
 nbpe=5000               # with --token_type bpe
@@ -108,6 +109,7 @@ one_of corpus embedded librispeech none
 one_of embedded_size tiny demo
 one_of verbose true false
 one_of print_launch_cmd true false
+one_of lowrank_allocator energy equal_energy
 [ "${verbose}" = false ] || export ESPNET_LOWRANK_VERBOSE=1
 [ -f "${asr_config}" ] || die "--asr_config ${asr_config} does not exist"
 [ -z "${init_param}" ] || [ -f "${init_param%%:*}" ] || die "--init_param: ${init_param%%:*} does not exist"
@@ -149,7 +151,7 @@ asr_inputs=(--token_type "${token_type}" --token_list "${token_list}" --nj "${nj
 [ "${token_type}" != bpe ] || asr_inputs+=(--bpemodel "${token_dir}/bpe.model")
 training=(--asr_config "${asr_config}" --asr_exp "${asr_exp}" --stats_dir "${stats_dir}" "${asr_inputs[@]}"
   --asr_args="${asr_args}" --seed "${seed}" --lowrank_warmup_epochs "${lowrank_warmup_epochs}"
-  --lowrank_param_ratio "${lowrank_param_ratio}"
+  --lowrank_param_ratio "${lowrank_param_ratio}" --lowrank_allocator "${lowrank_allocator}"
   --init_param "${init_param}" --job_threads "${job_threads}" --ngpu "${ngpu}" --num_procs "${num_procs}"
   --num_nodes "${num_nodes}" --node_rank "${node_rank}" --master_addr "${master_addr}"
   --master_port "${master_port}" --dist_backend "${dist_backend}")

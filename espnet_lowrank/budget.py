@@ -17,7 +17,8 @@ later choice of the unit (the next corner of its concave hull: the dense
 choice often lies far above the line of the ranks before it), is the greedy
 solution of this knapsack, within about one climb of the optimum (tested
 against brute force); where a climb does not fit, the unit's next single
-choice may.
+choice may. ``allocator="equal_energy"`` starts the climbs from the choices
+that keep every unit the same share of its energy.
 """
 
 import heapq
@@ -108,9 +109,20 @@ def steepest_climb(options: Sequence[Tuple[int, int, float]], here: int, single:
                key=lambda k: ((options[k][2] - energy) / (options[k][1] - cost), -k))
 
 
-def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8) -> Dict[str, int]:
+#: How a budget's ranks are chosen: ``energy`` (the default) keeps the most spectral energy in all, however
+#: it falls; ``equal_energy`` first gives every unit the same share of its own energy, then spends what is
+#: left as ``energy`` does. Energy per parameter starves layers whose trained spectra are still flat (the
+#: feed-forward ones after a short warm-up: docs/results.md); the paper finds those the most rank-sensitive.
+ALLOCATORS = ("energy", "equal_energy")
+
+
+def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8,
+             allocator: str = "energy") -> Dict[str, int]:
     """Rank per unit name (its full rank where it stays dense): Σ parameters ≤ ``budget``, every unit
-    at least at its cheapest choice, energy kept as high as the greedy climbs reach."""
+    at least at its cheapest choice, energy kept as high as the greedy climbs reach (from the
+    ``allocator``'s starting point)."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator {allocator!r} is unknown; choose one of: {', '.join(ALLOCATORS)}")
     options = {unit.name: choices(unit, step_of(multiple_of, unit)) for unit in units}
     position = {unit.name: 0 for unit in units}
     spent = sum(options[unit.name][0][1] for unit in units)
@@ -118,6 +130,9 @@ def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8) ->
         raise ValueError(f"the budget leaves {budget:,} parameters for the factorised layers, but the cheapest "
                          f"choice everywhere (the smallest multiple_of rank, or dense where that is not smaller) "
                          f"already needs {spent:,}: ask for a larger --param_ratio")
+    if allocator == "equal_energy":
+        position = equal_energy_start(options, budget)
+        spent = sum(options[name][index][1] for name, index in position.items())
 
     def climb(unit: Unit, single: bool = False):
         mine, here = options[unit.name], position[unit.name]
@@ -143,6 +158,23 @@ def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8) ->
         if entry is not None:
             heapq.heappush(heap, entry)
     return {name: options[name][index][0] for name, index in position.items()}
+
+
+def equal_energy_start(options: Mapping[str, Sequence[Tuple[int, int, float]]], budget: int) -> Dict[str, int]:
+    """Each unit's cheapest choice that keeps a share ``t`` of its energy, for the highest ``t`` the
+    budget affords (bisection: the cost only grows with ``t``)."""
+    def positions(share: float) -> Dict[str, int]:
+        return {name: next(k for k, (_, _, energy) in enumerate(mine) if energy >= share)
+                for name, mine in options.items()}
+
+    def cost(position: Mapping[str, int]) -> int:
+        return sum(options[name][index][1] for name, index in position.items())
+
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cost(positions(middle)) <= budget else (low, middle)
+    return positions(low)
 
 
 def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor],

@@ -66,6 +66,42 @@ def test_a_unit_worth_break_even_stays_dense():
     assert budget.allocate([flat], 255, multiple_of=2) == {flat.name: 6}
 
 
+def test_equal_energy_does_not_starve_a_flat_spectrum():
+    """Energy per parameter gives a steep spectrum everything and a flat one (a feed-forward layer after a
+    short warm-up) the least it can; equal energy first keeps the same share of each."""
+    steep = budget.Unit("encoder", "attention", 0, full_rank=32, break_even=16.0, cost_per_rank=64,
+                        dense_params=1024, energy=tuple(1 - 0.8 ** r if r < 32 else 1.0 for r in range(33)))
+    flat = budget.Unit("encoder", "feed_forward", 0, full_rank=32, break_even=16.0, cost_per_rank=256,
+                       dense_params=8192, energy=tuple(r / 32 for r in range(33)))  # wide, as 144 x 576 is
+    limit = 2048
+    greedy = budget.allocate([steep, flat], limit, multiple_of=1)
+    equal = budget.allocate([steep, flat], limit, multiple_of=1, allocator="equal_energy")
+    assert greedy == {steep.name: 32, flat.name: 4}  # the steep one dense, the flat one at 1/8 of its energy
+    assert equal == {steep.name: 4, flat.name: 7}  # both keep about a fifth, then the rest is climbed
+    for ranks in (greedy, equal):
+        assert budget.factorised_params([steep, flat], ranks) <= limit
+    assert _energy([steep, flat], greedy) > _energy([steep, flat], equal)  # what equal energy gives up
+
+
+def test_equal_energy_keeps_one_share_in_every_unit_and_spends_the_budget(dense_run):
+    units = budget.budget_units(dense_run["model"], dense_run["state"])
+    limit = int(0.4 * sum(unit.dense_params for unit in units))
+    ranks = budget.allocate(units, limit, multiple_of=2, allocator="equal_energy")
+    spent = budget.factorised_params(units, ranks)
+    assert spent <= limit and spent > 0.95 * limit
+    start = budget.equal_energy_start({u.name: budget.choices(u, 2) for u in units}, limit)
+    kept = [budget.choices(u, 2)[start[u.name]][2] for u in units]
+    shares = [u.energy[ranks[u.name]] if ranks[u.name] < u.full_rank else 1.0 for u in units]
+    assert all(share >= min(kept) for share in shares)  # the climbs only add to the start
+    assert min(kept) > min(budget.allocate(units, limit, multiple_of=2)[u.name] / u.full_rank for u in units)
+
+
+def test_an_unknown_allocator_is_named(dense_run):
+    units = budget.budget_units(dense_run["model"], dense_run["state"])
+    with pytest.raises(ValueError, match="allocator 'uniform' is unknown; choose one of: energy, equal_energy"):
+        budget.allocate(units, 10**9, allocator="uniform")
+
+
 def lowrank_settings_config(dense_run, units, ranks, tmp_path):
     values = read_config(dense_run["config"])
     num_blocks = {"encoder": len(dense_run["model"].encoder.encoders),
@@ -94,9 +130,11 @@ def test_every_factorised_rank_stays_below_break_even(dense_run, tmp_path):
 
 
 @pytest.mark.parametrize("ratio", [0.6, 0.75, 0.9])
-def test_the_converted_model_has_the_asked_share_of_parameters_within_1_percent(dense_run, tmp_path, ratio):
+@pytest.mark.parametrize("allocator", budget.ALLOCATORS)
+def test_the_converted_model_has_the_asked_share_of_parameters_within_1_percent(dense_run, tmp_path, ratio,
+                                                                                 allocator):
     result = budgeted_config(dense_run["config"], dense_run["weights"], ratio, tmp_path / "lr" / "config.yaml",
-                             multiple_of=2)
+                             multiple_of=2, allocator=allocator)
     lowrank = build_model(tmp_path / "lr" / "config.yaml")
     measured = count_parameters(lowrank)
     assert measured == result["params"]

@@ -75,7 +75,7 @@ def program(words: List[str]) -> List[str]:
 
 def check_configs_exist(words: List[str], cwd: Path) -> None:
     for word in words:
-        for config in re.findall(r"(?:\.\./)*conf/\S+?\.yaml", word):
+        for config in re.findall(r"(?<![\w/])(?:\.\./)*(?:tests/)?conf/\S+?\.yaml", word):
             assert (cwd / config).is_file(), f"{config} does not exist (from {cwd})"
 
 

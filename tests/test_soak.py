@@ -83,6 +83,13 @@ def test_the_soak_survives_twelve_random_kills(tmp_path, seed):
     print(f"seed {seed}: kills landed in stages {result['landed']}")
 
 
+def test_config_paths_are_taken_from_where_soak_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("")
+    assert soak.absolute_paths(["--asr_config", "mine.yaml", "--asr_tag", "mine.yaml", "--init_param", "gone.pth"]) == [
+        "--asr_config", str(tmp_path / "mine.yaml"), "--asr_tag", "mine.yaml", "--init_param", "gone.pth"]
+
+
 def test_the_stop_wait_names_a_process_that_ignores_the_signal(tmp_path, monkeypatch):
     monkeypatch.setattr(soak, "STOP_SECONDS", 1)
     recipe = recipe_dir(tmp_path / "recipe")

@@ -158,12 +158,20 @@ def test_a_budgeted_warmup_trains_the_budget_config_and_records_the_ratio(tmp_pa
     assert "lowrank_param_ratio" not in stage(asr_args="--max_epoch 5", warmup_epochs=2).marker_state()["options"]
     fixed = plan(stage(asr_args="--max_epoch 5", warmup_epochs=2))[2]
     assert fixed.config == TINY_CONFIG
+    assert convert[convert.index("--allocator") + 1] == "energy"
+    assert "lowrank_allocator" not in budgeted.marker_state()["options"]  # markers from before it still match
+    equal = stage(asr_args="--max_epoch 5", warmup_epochs=2, param_ratio=0.5, allocator="equal_energy")
+    assert equal.marker_state()["options"]["lowrank_allocator"] == "equal_energy"
+    (convert,) = plan(equal)[1].commands()
+    assert convert[convert.index("--allocator") + 1] == "equal_energy"
 
 
 @pytest.mark.parametrize("options, message", [
     (dict(param_ratio=0.5), "--lowrank_param_ratio 0.5 chooses ranks from a dense warm-up's trained weights: "
                             "give --lowrank_warmup_epochs too"),
     (dict(param_ratio=1.5, warmup_epochs=2), r"--lowrank_param_ratio 1.5: .* in \(0, 1\)"),
+    (dict(param_ratio=0.5, warmup_epochs=2, allocator="uniform"),
+     "--lowrank_allocator 'uniform' is unknown; choose one of: energy equal_energy"),
 ])
 def test_a_bad_param_ratio_is_named(options, message):
     with pytest.raises(StageError, match=message):

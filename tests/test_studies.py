@@ -73,6 +73,9 @@ def test_compare_entries_carry_their_options_and_seeds(tmp_path):
     assert entry.options == ["--lowrank_warmup_epochs", "2"] and entry.seeds == [2022, 2023]
     assert entry.tag == "x_warmup2" and entry.name == "x.yaml --lowrank_warmup_epochs 2"
     assert Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --lowrank_param_ratio 0.5").tag == "x_warmup2_budget0.5"
+    equal = Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --lowrank_param_ratio 0.5 "
+                        "--lowrank_allocator equal_energy")
+    assert equal.tag == "x_warmup2_budget0.5_equal_energy"
     with pytest.raises(ValueError, match="must come last"):
         Entry.parse("conf/x.yaml --seeds 1,2 --lowrank_warmup_epochs 2")
     config = tmp_path / "x.yaml"

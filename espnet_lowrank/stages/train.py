@@ -62,6 +62,7 @@ class Stage11:
     seed: Optional[int] = None  # ESPnet's --seed; None: the config's
     warmup_epochs: int = 0
     param_ratio: Optional[float] = None  # after the warm-up: ranks for this share of the dense parameters
+    allocator: str = "energy"  # how the budget chooses them (espnet_lowrank.budget.ALLOCATORS)
     init_param: str = ""  # path, or path:src:dst
     launch: Launch = field(default_factory=Launch)
     job_threads: int = 0
@@ -98,9 +99,16 @@ class Stage11:
             options.append(f"seed={self.seed}")
         if self.param_ratio is not None:
             options.append(f"lowrank_param_ratio={self.param_ratio}")
+            if self.allocator != "energy":
+                options.append(f"lowrank_allocator={self.allocator}")
         return marker.describe(options, inputs)
 
     def check_param_ratio(self) -> None:
+        from espnet_lowrank.budget import ALLOCATORS
+
+        if self.allocator not in ALLOCATORS:
+            raise StageError(f"--lowrank_allocator '{self.allocator}' is unknown; choose one of: "
+                             f"{' '.join(ALLOCATORS)}")
         if self.param_ratio is None:
             return
         if not 0 < self.param_ratio < 1:
@@ -263,7 +271,8 @@ class Factorisation:
 
     def commands(self) -> List[List[str]]:
         budget = [] if self.stage.param_ratio is None else [
-            "--param_ratio", str(self.stage.param_ratio), "--out_config", str(self.config)]
+            "--param_ratio", str(self.stage.param_ratio), "--allocator", self.stage.allocator,
+            "--out_config", str(self.config)]
         return [[self.stage.launch.python, "-m", "espnet_lowrank.cli", "convert",
                  "--dense_config", str(self.warmup / "config.yaml"), "--dense_model", str(self.dense_model),
                  "--config", str(self.stage.config), *budget, "--out", str(self.out)]]
@@ -279,7 +288,8 @@ class Factorisation:
                 chosen, rows = "", convert(dense_config, self.dense_model, self.stage.config, self.out)
             else:
                 _, result, rows = convert_by_budget(dense_config, self.dense_model, ratio, self.out,
-                                                    out_config=self.config, like=self.stage.config)
+                                                    out_config=self.config, like=self.stage.config,
+                                                    allocator=self.stage.allocator)
                 chosen = f"wrote {self.config}\n{format_ranks(result)}\n"
                 log(f"stage 11: {format_ranks(result).splitlines()[-1]}")
         except (StageError, ValueError, FileNotFoundError) as error:
@@ -373,6 +383,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", default="", help="ESPnet's --seed; empty: the config's")
     parser.add_argument("--lowrank_warmup_epochs", type=int, default=0)
     parser.add_argument("--lowrank_param_ratio", default="", help="empty: the config's ranks")
+    parser.add_argument("--lowrank_allocator", default="energy", help="how a --lowrank_param_ratio budget "
+                        "chooses the ranks (convert --allocator)")
     parser.add_argument("--init_param", default="")
     parser.add_argument("--job_threads", type=int, default=0)
     for name in ("ngpu", "num_procs", "num_nodes", "node_rank", "master_port"):
@@ -392,7 +404,8 @@ def from_args(args: argparse.Namespace) -> Stage11:
         raise StageError(f"--lowrank_param_ratio {ratio!r}: the low-rank model's share of the dense parameters, "
                          "a number in (0, 1)") from None
     return Stage11(args.asr_config, args.asr_exp, AsrInputs.from_args(args), args.stats_dir, args.asr_args, seed,
-                   args.lowrank_warmup_epochs, param_ratio, args.init_param, launch, args.job_threads)
+                   args.lowrank_warmup_epochs, param_ratio, args.lowrank_allocator, args.init_param, launch,
+                   args.job_threads)
 
 
 @one_line_errors

@@ -37,7 +37,7 @@ class Entry:
     def tag(self) -> str:
         suffix = "".join(f"_{re.sub(r'[^A-Za-z0-9._]+', '', word)}" for word in self.options)
         return self.config.stem + suffix.replace("_lowrank_warmup_epochs_", "_warmup").replace(
-            "_lowrank_param_ratio_", "_budget")
+            "_lowrank_param_ratio_", "_budget").replace("_lowrank_allocator_", "_")
 
 
 @dataclass

@@ -3,12 +3,12 @@ SIGINT, to its whole process group as a scheduler or a terminal does), resume wi
 each kill, then check that nothing was lost, done twice or left behind:
 ``espnet-lowrank soak --recipe_dir DIR --kills N --seeds S... -- RUN_SH_OPTIONS``.
 
-Each kill aims at a stage (every stage the run passes gets one; the kills beyond those go to training) and
-lands a random time after that stage's log line, so the moments fall in data preparation, training,
-decoding and packing alike; the seed, printed first, replays them. The checks at the end: no training epoch that had finished
-before a kill was started again; each phase trained its configured epochs; the decoded text, RESULTS.md
-and the pack come after the final model, each utterance once; no lock is held or left and no partial file
-remains.
+Each kill aims at a stage (every stage the run passes gets one; the kills beyond those go to training)
+and lands a random time after that stage's log line, so the moments fall in data preparation, training,
+decoding and packing alike; the seed, printed first, replays them. The checks at the end: no training
+epoch that had finished before a kill was started again; each phase trained its configured epochs; the
+decoded text, RESULTS.md and the pack come after the final model, each utterance once; no lock is held or
+left and no partial file remains.
 """
 
 import argparse
@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.studies.recipe import Recipe
 
@@ -326,10 +327,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run_args=[])
 
 
+#: run.sh options that name a file: given relative to where soak runs, they are made absolute, as the
+#: runs happen in scratch recipe dirs
+PATH_OPTIONS = ("--asr_config", "--inference_config", "--init_param")
+
+
+def absolute_paths(options: List[str]) -> List[str]:
+    return [str(Path(word).resolve()) if index and options[index - 1] in PATH_OPTIONS and Path(word).is_file()
+            else word for index, word in enumerate(options)]
+
+
 def run(args: argparse.Namespace) -> None:
     if args.kills < 0:
         raise InputError(f"--kills must be >= 0, not {args.kills}")
     recipe = Recipe(args.recipe_dir)
+    args.run_args = absolute_paths(args.run_args)
     results = []
     for seed in args.seeds:
         scratch = args.out_dir.resolve() / f"seed{seed}"
@@ -345,7 +357,7 @@ def run(args: argparse.Namespace) -> None:
         raise InputError(f"soak: {problems} problems (listed above)")
 
 
-if __name__ == "__main__":
-    from espnet_lowrank.cli import command_main
+main = command_main(__doc__, add_arguments, run)
 
-    command_main(__doc__, add_arguments, run)()
+if __name__ == "__main__":
+    main()

@@ -85,7 +85,7 @@ BUDGET_TWINS = {"encoder": ("conformer", "lowrank_conformer"), "decoder": ("tran
 
 
 def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, exclude=(),
-                    multiple_of: int = 8, like=None) -> Dict:
+                    multiple_of: int = 8, like=None, allocator: str = "energy") -> Dict:
     """Write the low-rank config whose ranks spend ``param_ratio`` of the dense model's parameters
     (:mod:`espnet_lowrank.budget`); returns the ranks and the parameter counts.
 
@@ -119,7 +119,7 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
         raise InputError(f"{like}: factorises none of the layers a budget chooses ranks for ({', '.join(groups)})")
     fixed = budget.fixed_params(shaped, units)
     target = round(param_ratio * dense_params)
-    ranks = budget.allocate(units, target - fixed, multiple_of)
+    ranks = budget.allocate(units, target - fixed, multiple_of, allocator)
     num_blocks = {"encoder": len(model.encoder.encoders), "decoder": len(model.decoder.decoders)}
     for part, settings in budget.lowrank_settings(units, ranks, multiple_of, num_blocks).items():
         values[part] = {**values[part], **settings}
@@ -181,6 +181,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", nargs="*", default=[], help="with --param_ratio: groups or blocks kept dense, "
                         "e.g. encoder.convolution decoder.src_attention encoder.encoders.0")
     parser.add_argument("--multiple_of", type=int, default=8, help="with --param_ratio: ranks are multiples of it")
+    parser.add_argument("--allocator", choices=budget.ALLOCATORS, default="energy",
+                        help="with --param_ratio: energy (most spectral energy in all) or equal_energy (the same "
+                        "share of each layer group's energy first, then the rest as energy does)")
     parser.add_argument("--out_config", help="with --param_ratio: where the low-rank config goes "
                         "(default: beside --out, as config.yaml)")
     parser.add_argument("--out", required=True, help="where to write the low-rank state dict")
@@ -188,12 +191,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def convert_by_budget(dense_config, dense_model, param_ratio: float, out, exclude=(), multiple_of: int = 8,
-                      out_config=None, like=None):
+                      out_config=None, like=None, allocator: str = "energy"):
     """``--param_ratio``: write the budgeted low-rank config (``out_config``, by default ``config.yaml``
     beside ``out``) and the dense weights converted into it; returns the config's path,
     :func:`budgeted_config`'s result and :func:`convert`'s rows."""
     config = Path(out_config) if out_config else Path(out).with_name("config.yaml")
-    result = budgeted_config(dense_config, dense_model, param_ratio, config, exclude, multiple_of, like)
+    result = budgeted_config(dense_config, dense_model, param_ratio, config, exclude, multiple_of, like, allocator)
     return config, result, convert(dense_config, dense_model, config, out)
 
 
@@ -211,7 +214,8 @@ def run(args: argparse.Namespace) -> None:
         if args.config and args.exclude:
             raise InputError(f"--exclude: with --config {args.config} the config says which layers stay dense")
         config, result, rows = convert_by_budget(dense_config, dense_model, args.param_ratio, args.out, args.exclude,
-                                                 args.multiple_of, args.out_config, like=args.config)
+                                                 args.multiple_of, args.out_config, like=args.config,
+                                                 allocator=args.allocator)
         print(f"wrote {config}\n{format_ranks(result)}")
     else:
         config, rows = args.config, convert(dense_config, dense_model, args.config, args.out)
