@@ -51,6 +51,22 @@ def test_partial_files_and_lock_files_are_reported(tmp_path):
         f"left behind: {recipe}/exp/asr_x/.checkpoint.pth.123.partial", f"left behind: {recipe}/exp/asr_x/.lock"]
 
 
+def test_data_and_dumps_each_hold_every_utterance_once(tmp_path):
+    recipe = recipe_dir(tmp_path / "recipe")
+    data, dump = recipe / "data" / "test", recipe / "dump" / "raw" / "org" / "test"
+    for folder in (data, dump):
+        folder.mkdir(parents=True)
+        (folder / "wav.scp").write_text("a a.flac\nb b.flac\n")
+        (folder / "text").write_text("a A\nb B\n")
+    assert soak.data_problems(Recipe(recipe)) == []
+    (dump / "text").write_text("a A\na A\n")  # a resumed writer that appended
+    (data / "wav.scp").write_text("a a.flac\nb b.flac\nc c.flac\n")
+    problems = soak.data_problems(Recipe(recipe))
+    assert f"{dump}/text:2: a appears twice" in problems
+    assert f"{data}/text does not hold the utterances of {data}/wav.scp" in problems
+    assert f"{dump}/wav.scp does not hold the utterances of {data}/wav.scp" in problems
+
+
 def test_a_missing_decode_results_or_pack_is_reported(tmp_path):
     recipe = recipe_dir(tmp_path / "recipe")
     (recipe / "exp" / "asr_x").mkdir(parents=True)

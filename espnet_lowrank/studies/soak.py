@@ -6,9 +6,9 @@ each kill, then check that nothing was lost, done twice or left behind:
 Each kill aims at a stage (every stage the run passes gets one; the kills beyond those go to training)
 and lands a random time after that stage's log line, so the moments fall in data preparation, training,
 decoding and packing alike; the seed, printed first, replays them. The checks at the end: no training
-epoch that had finished before a kill was started again; each phase trained its configured epochs; the
-decoded text, RESULTS.md and the pack come after the final model, each utterance once; no lock is held or
-left and no partial file remains.
+epoch that had finished before a kill was started again; each data and dump dir holds each utterance
+once; each phase trained its configured epochs; the decoded text, RESULTS.md and the pack come after the
+final model, each utterance once; no lock is held or left and no partial file remains.
 """
 
 import argparse
@@ -225,6 +225,32 @@ def training_problems(recipe: Recipe, tag_dir: Path) -> List[str]:
     return problems
 
 
+#: the per-utterance files of a data or dump dir, each holding every utterance of its wav.scp once
+PER_UTTERANCE = ("wav.scp", "text", "utt2spk", "utt2num_samples")
+
+
+def data_problems(recipe: Recipe) -> List[str]:
+    """Every data and dump dir holds each of its utterances once in each per-utterance file, and a dumped
+    test set holds every utterance of its data dir."""
+    problems = []
+    for wav_scp in sorted([*recipe.path.glob("data/*/wav.scp"), *recipe.path.glob("dump/raw/**/wav.scp")]):
+        keys = None
+        for name in PER_UTTERANCE:
+            try:
+                table = set(read_table(wav_scp.parent / name)) if (wav_scp.parent / name).exists() else None
+            except ValueError as error:  # a key twice
+                problems.append(str(error))
+                continue
+            keys = table if keys is None else keys
+            if table is not None and table != keys:
+                problems.append(f"{wav_scp.parent / name} does not hold the utterances of {wav_scp}")
+    for dumped in sorted(recipe.path.glob("dump/raw/org/*/wav.scp")):
+        source = recipe.path / "data" / dumped.parent.name / "wav.scp"
+        if source.exists() and set(read_table(source)) != set(read_table(dumped)):
+            problems.append(f"{dumped} does not hold the utterances of {source}")
+    return problems
+
+
 def result_problems(recipe: Recipe, tag_dir: Path) -> List[str]:
     """Each decoded text holds every test utterance once and came after the model; RESULTS.md came after
     the texts; the pack holds the model."""
@@ -303,7 +329,7 @@ def soak(recipe: Recipe, options: List[str], kills: int, seed: int, signals: Lis
                     f"(aimed at {kill.stage}, {kill.delay} s after its start); resuming")
     session.to_the_end()
     tag_dir = tag_dir_of(recipe, options)
-    problems = (epochs_trained_twice(session.attempts) + training_problems(recipe, tag_dir)
+    problems = (epochs_trained_twice(session.attempts) + data_problems(recipe) + training_problems(recipe, tag_dir)
                 + result_problems(recipe, tag_dir) + leftovers(recipe))
     summary = {"seed": seed, "kills": len(landed), "planned": kills, "problems": problems,
                "landed": [(k.signal_name, k.landed) for k in landed]}
