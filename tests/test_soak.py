@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.studies import soak
 from espnet_lowrank.studies.recipe import Recipe
 from tiny_recipe import SPEED_PERTURB, TINY, recipe_dir
@@ -114,7 +115,7 @@ def test_the_stop_wait_names_a_process_that_ignores_the_signal(tmp_path, monkeyp
     (recipe / "run.sh").chmod(0o755)
     run = soak.Run(Recipe(recipe), [], open(os.devnull, "w"))
     assert run.wait_for_stage(1, list(soak.STAGES))
-    with pytest.raises(AssertionError, match="still running 1 s after SIGTERM"):
+    with pytest.raises(InputError, match="still running 1 s after SIGTERM"):
         run.stop("TERM")
     run.process.wait()
     assert run.process.returncode == -signal.SIGKILL

@@ -28,8 +28,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from espnet_lowrank.data.kaldi_dir import read_table
 from espnet_lowrank.cli import command_main
+from espnet_lowrank.data.kaldi_dir import read_table
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.studies.recipe import Recipe
 
@@ -124,7 +124,8 @@ class Run:
             time.sleep(0.1)
         else:
             os.killpg(group, signal.SIGKILL)
-            raise AssertionError(f"run.sh's processes were still running {STOP_SECONDS} s after SIG{signal_name}")
+            raise InputError(f"soak: run.sh's processes were still running {STOP_SECONDS} s after "
+                             f"SIG{signal_name} (then killed)")
         self.finish()
 
     def finish(self) -> int:
