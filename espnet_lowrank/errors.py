@@ -10,6 +10,7 @@ import contextlib
 import errno
 import functools
 import os
+import signal
 import sys
 
 #: What bad input raises in this project: each message names the offending
@@ -49,6 +50,12 @@ def nearly_full(directory) -> bool:
 class InputError(Exception):
     """Bad input to a stage or tool; the message names the stage, file,
     option or utterance it is about."""
+
+
+def leave_ctrl_c_to_the_parent() -> None:
+    """A pool worker's initializer: Ctrl-C reaches the whole process group, and a worker that dies of it
+    mid-task leaves its pool waiting for that task for ever; the parent ends the pool instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def verbose() -> bool:

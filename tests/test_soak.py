@@ -96,7 +96,8 @@ def test_a_stop_signal_in_every_stage_is_resumed(tmp_path, signal_name):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_soak_survives_twelve_random_kills(tmp_path, seed):
-    result = soaked(tmp_path, seed=seed, signals=["KILL", "TERM", "INT"], kills=12)
+    # a scheduler's signals; Ctrl-C has its own test above, in every stage
+    result = soaked(tmp_path, seed=seed, signals=["KILL", "TERM"], kills=12)
     print(f"seed {seed}: kills landed in stages {result['landed']}")
 
 

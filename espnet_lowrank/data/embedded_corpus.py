@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from espnet_lowrank.data.espeak import espeak
 from espnet_lowrank.data.grammar import sentence
-from espnet_lowrank.errors import one_line_errors
+from espnet_lowrank.errors import leave_ctrl_c_to_the_parent, one_line_errors
 
 SAMPLE_RATE = 16000
 TRAIN_VARIANTS = (
@@ -85,7 +85,7 @@ def synthesize(out: Path, size: str = "demo", seed: int = 0, nj: int = 2) -> Pat
     # One fresh process per speaker: espeak-ng's output depends on what the
     # process spoke before, so this keeps the audio a function of the seed.
     context = multiprocessing.get_context("fork")
-    with context.Pool(nj, maxtasksperchild=1) as pool, tqdm(
+    with context.Pool(nj, maxtasksperchild=1, initializer=leave_ctrl_c_to_the_parent) as pool, tqdm(
         total=sum(len(job.lines) for job in jobs), desc="synthesising", unit="utt"
     ) as bar:
         for job, (rate, waves) in zip(jobs, pool.imap(_speak, jobs)):

@@ -21,7 +21,7 @@ import soundfile
 from tqdm import tqdm
 
 from espnet_lowrank.data.kaldi_dir import Utterance, read_data_dir, read_table, replace_dir, write_data_dir
-from espnet_lowrank.errors import one_line_errors, writing_into
+from espnet_lowrank.errors import leave_ctrl_c_to_the_parent, one_line_errors, writing_into
 from espnet_lowrank.stages import StageError
 
 
@@ -36,7 +36,8 @@ def format_dir(data_dir: Path, out_dir: Path, sample_rate: int = 16000, nj: int 
             for utt in utterances]
     with contextlib.ExitStack() as stack:
         if nj > 1:
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(nj))
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(
+                nj, initializer=leave_ctrl_c_to_the_parent))
             counts = pool.imap(_audio_samples_of, jobs, chunksize=8)
         else:
             counts = map(_audio_samples_of, jobs)

@@ -74,14 +74,20 @@ def plan_kills(rng: random.Random, kills: int, stages, signals, max_delay: float
             for stage in sorted(targets, key=stages.index)]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """run.sh in its own process group, its stderr followed line by line."""
 
     def __init__(self, recipe: Recipe, options: List[str], log):
         environment = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        # as from a terminal: a soak started in the background (`&`, as CI may start it) would otherwise
+        # hand run.sh an ignored SIGINT, which bash cannot undo and Python then never raises
         self.process = subprocess.Popen(["./run.sh", "--python", sys.executable, *options], cwd=recipe.path,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        start_new_session=True, env=environment)
+                                        start_new_session=True, env=environment, preexec_fn=_default_sigint)
         self.stage: Optional[int] = None
         self.stage_seen = threading.Event()
         self.tail: List[str] = []
