@@ -22,10 +22,13 @@ EXPECTED = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+#: What to do about a full disk, in every stage's message.
+FREE_SPACE = "free space there and run the same command again"
+
+
 def disk_full_message(error: OSError) -> str:
     where = f" writing {error.filename}" if error.filename else ""
-    return (f"{os.strerror(error.errno)}{where}: free space there and run the same command again "
-            "(finished work is kept)")
+    return f"{os.strerror(error.errno)}{where}: {FREE_SPACE} (finished work is kept)"
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from typing import List, Optional, Protocol, Sequence
 
 import yaml
 
-from espnet_lowrank.errors import nearly_full, one_line_errors
+from espnet_lowrank.errors import FREE_SPACE, nearly_full, one_line_errors
 from espnet_lowrank.model_config import DENSE_TWINS, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.stages import StageError, log, marker
 from espnet_lowrank.stages.asr_inputs import AsrInputs
@@ -217,7 +217,7 @@ class Training:
             errors = [line for line in train_log.read_text(errors="replace").splitlines() if ERROR_LINE.search(line)]
             if not errors and nearly_full(self.out):  # the training could not log why
                 errors = [f"{os.strerror(errno.ENOSPC)} in {self.out}"]
-            hint = (": free space there and run the same command again (finished epochs are kept)"
+            hint = (f": {FREE_SPACE} (finished epochs are kept)"
                     if errors and os.strerror(errno.ENOSPC) in errors[-1] else "")
             raise StageError(f"stage 11 failed: {errors[-1] if errors else f'exit {process.returncode}'} "
                              f"(see {train_log}){hint}")
