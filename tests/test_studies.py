@@ -64,6 +64,27 @@ def test_compare_trains_decodes_and_tabulates_two_configs_from_a_non_editable_in
     tokens = yaml.safe_load((pipeline["recipe"] / "exp" / "asr_tiny_dense" / "config.yaml").read_text())["token_list"]
     assert runs[1]["runs"][0]["params"] == count_parameters(build_model(second, token_list=tokens))
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert (out.parent / "compare_wer.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_says_how_far_one_seed_strays_from_its_mean_and_plots_wer_against_parameters(tmp_path):
+    from espnet_lowrank.studies.compare_table import Run, markdown, plot_wer
+
+    def run(seed, params, wer):
+        return Run(tag=f"x_seed{seed}", seed=seed, params=params, epochs=[1], valid_acc=[0.5], valid_loss=[1.0],
+                   train_seconds=60.0, wer=wer, cer=wer / 3)
+
+    rows = [{"name": "dense.yaml", "runs": [run(1, 4_000_000, 25.0), run(2, 4_000_000, 27.0)]},
+            {"name": "lowrank.yaml", "runs": [run(1, 2_000_000, 28.0), run(2, 2_000_000, 31.6),
+                                              run(3, 2_000_000, 29.0)]},
+            {"name": "one_seed.yaml", "runs": [run(1, 3_000_000, 40.0)]}]
+    table = markdown(rows).splitlines()
+    assert table[3].split("|")[7].strip() == "29.5 (28.0 / 31.6 / 29.0)"
+    # 31.6 against the mean 29.53: 2.07 points; a one-run entry has no spread to show
+    assert table[-1] == "The largest distance of one run's test WER from its entry's mean: 2.1 points (`lowrank.yaml`)."
+    assert "distance" not in markdown(rows[2:])
+    plot_wer(rows, tmp_path / "wer.png")
+    assert (tmp_path / "wer.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compare_entries_carry_their_options_and_seeds(tmp_path):

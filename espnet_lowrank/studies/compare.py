@@ -11,8 +11,9 @@ runs the recipe's ``run.sh`` stages 1-5 once, then stages 10-13 for each config 
 tag too), once per ``--seeds`` value (run.sh's ``--seed``, the training seed; the config's own seed
 keeps the plain tag), or per entry with ``--seeds A,B`` at its end, and writes ``<out>.md``
 (parameters, total training time against the first config, test WER/CER: the mean over seeds, then
-each run's), ``<out>.json`` (every number) and ``<out>.png`` (validation accuracy and loss per epoch,
-every run; a dense warm-up's epochs come first). Finished runs are reused, so rows can be added
+each run's, and how far one run strays from its mean), ``<out>.json`` (every number), ``<out>.png``
+(validation accuracy and loss per epoch, every run; a dense warm-up's epochs come first) and
+``<out>_wer.png`` (test WER against parameters). Finished runs are reused, so rows can be added
 later. Extra ``run.sh`` options for every run go after ``--``.
 
 ``--jobs N`` trains N runs at a time (on a machine with more cores than one run can use), each with
@@ -28,7 +29,7 @@ from typing import List, Sequence
 
 from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
-from espnet_lowrank.studies.compare_table import Run, markdown, plot
+from espnet_lowrank.studies.compare_table import Run, markdown, plot, plot_wer
 from espnet_lowrank.studies.entries import Entry, PlannedRun, planned_runs
 from espnet_lowrank.studies.history import training_history
 from espnet_lowrank.studies.pool import run_all
@@ -79,6 +80,7 @@ def compare(recipe: Recipe, entries: Sequence[Entry], out: Path, test_set: str,
     out.with_suffix(".json").write_text(json.dumps(
         [{"name": r["name"], "runs": [asdict(run) for run in r["runs"]]} for r in rows], indent=1))
     plot(rows, out.with_suffix(".png"))
+    plot_wer(rows, out.parent / f"{out.name}_wer.png")
     return table
 
 

@@ -1,5 +1,5 @@
 """What ``compare`` reports: a Markdown table (one line per entry, the mean over its seeds and each
-run's value) and a PNG of every run's validation curves."""
+run's value), a PNG of every run's validation curves and one of test WER against parameters."""
 
 import statistics
 from dataclasses import dataclass
@@ -51,10 +51,47 @@ def markdown(rows: List[Dict], jobs: int = 1) -> str:
     if len(seeds) > 1:
         lines.append(f"\nWhere an entry ran with several seeds ({', '.join(map(str, seeds))}): the mean, "
                      "then each run's value in seed order.")
+        lines.extend(_spread(rows))
     if jobs > 1:
         lines.append(f"\nTrained {jobs} runs at a time (`--jobs {jobs}`): the training times shared the machine, "
                      "so they are not compared.")
     return "\n".join(lines)
+
+
+def _spread(rows: List[Dict]) -> List[str]:
+    """How far one run's WER strays from its entry's mean: what a one-seed number can be trusted to."""
+    distances = [(abs(run.wer - statistics.mean(r.wer for r in row["runs"])), row["name"])
+                 for row in rows if len(row["runs"]) > 1 for run in row["runs"]]
+    if not distances:
+        return []
+    distance, name = max(distances)
+    return [f"The largest distance of one run's test WER from its entry's mean: {distance:.1f} points "
+            f"(`{name}`)."]
+
+
+def plot_wer(rows: List[Dict], path: Path) -> None:
+    """Test WER against parameters: each entry's mean, its seeds' range as a bar, each run as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab10").colors
+    for index, row in enumerate(rows):
+        runs, colour = row["runs"], colours[index % len(colours)]
+        params, wers = runs[0].params / 1e6, [run.wer for run in runs]
+        mean = statistics.mean(wers)
+        axis.errorbar([params], [mean], yerr=[[mean - min(wers)], [max(wers) - mean]], color=colour, marker="o",
+                      markersize=8, capsize=5, label=f"{row['name']} ({len(runs)} run{'s' * (len(runs) > 1)})")
+        axis.scatter([params] * len(wers), wers, color=colour, s=14, alpha=0.5)
+    axis.set(title="test WER against parameters (mean; bar: range over seeds; dots: runs)",
+             xlabel="parameters (M)", ylabel="WER %")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
 
 
 def plot(rows: List[Dict], path: Path) -> None:
