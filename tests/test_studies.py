@@ -53,7 +53,8 @@ def test_compare_trains_decodes_and_tabulates_two_configs_from_a_non_editable_in
     assert "stage 1: already done" in result.stderr and "stage 5: already done" in result.stderr
     table = out.with_suffix(".md").read_text().splitlines()
     assert len(table) == 4 and "`tiny_dense.yaml`" in table[2]
-    assert all(len(row.split("|")) == 10 for row in table[2:])
+    assert all(len(row.split("|")) == 11 for row in table[2:])
+    assert "test WER %" in table[0] and table[2].split("|")[8].strip() == "+0%"  # WER against the first
     assert table[2].split("|")[6].strip() == "1.00×"  # training time against the first config
     runs = json.loads(out.with_suffix(".json").read_text())
     assert [len(r["runs"]) for r in runs] == [1, 1] and runs[0]["runs"][0]["epochs"] == [1, 2]
@@ -78,12 +79,14 @@ def test_compare_says_how_far_one_seed_strays_from_its_mean_and_plots_wer_agains
             {"name": "lowrank.yaml", "runs": [run(1, 2_000_000, 28.0), run(2, 2_000_000, 31.6),
                                               run(3, 2_000_000, 29.0)]},
             {"name": "one_seed.yaml", "runs": [run(1, 3_000_000, 40.0)]}]
-    table = markdown(rows).splitlines()
+    table = markdown(rows, test_set="eval").splitlines()
+    assert "| eval WER % | WER vs first | eval CER % |" in table[0]
     assert table[3].split("|")[7].strip() == "29.5 (28.0 / 31.6 / 29.0)"
+    assert table[3].split("|")[8].strip() == "+14%"  # 29.53 against dense's mean 26.0: +13.6%
     # 31.6 against the mean 29.53: 2.07 points; a one-run entry has no spread to show
-    assert table[-1] == "The largest distance of one run's test WER from its entry's mean: 2.1 points (`lowrank.yaml`)."
+    assert table[-1] == "The largest distance of one run's eval WER from its entry's mean: 2.1 points (`lowrank.yaml`)."
     assert "distance" not in markdown(rows[2:])
-    plot_wer(rows, tmp_path / "wer.png")
+    plot_wer(rows, tmp_path / "wer.png", "eval")
     assert (tmp_path / "wer.png").read_bytes()[:4] == b"\x89PNG"
 
 

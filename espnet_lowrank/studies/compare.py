@@ -10,11 +10,11 @@ runs the recipe's ``run.sh`` stages 1-5 once, then stages 10-13 for each config 
 ``exp/asr_<tag>``; a config may carry run.sh options of its own after its path, which then name its
 tag too), once per ``--seeds`` value (run.sh's ``--seed``, the training seed; the config's own seed
 keeps the plain tag), or per entry with ``--seeds A,B`` at its end, and writes ``<out>.md``
-(parameters, total training time against the first config, test WER/CER: the mean over seeds, then
-each run's, and how far one run strays from its mean), ``<out>.json`` (every number), ``<out>.png``
-(validation accuracy and loss per epoch, every run; a dense warm-up's epochs come first) and
-``<out>_wer.png`` (test WER against parameters). Finished runs are reused, so rows can be added
-later. Extra ``run.sh`` options for every run go after ``--``.
+(parameters, total training time against the first config, ``--test_set``'s WER/CER: the mean over
+seeds, then each run's, WER relative to the first config's, and how far one run strays from its
+mean), ``<out>.json`` (every number), ``<out>.png`` (validation accuracy and loss per epoch, every
+run; a dense warm-up's epochs come first) and ``<out>_wer.png`` (WER against parameters). Finished
+runs are reused, so rows can be added later. Extra ``run.sh`` options for every run go after ``--``.
 
 ``--jobs N`` trains N runs at a time (on a machine with more cores than one run can use), each with
 1/N of the threads (``OMP_NUM_THREADS``) and its output in ``<out>_logs/<tag>.log``; their training
@@ -74,13 +74,13 @@ def compare(recipe: Recipe, entries: Sequence[Entry], out: Path, test_set: str,
     run_all(make, plan, jobs)
     rows = [{"name": entry.name, "runs": [summarise(recipe, run, test_set) for run in plan if run.entry is entry]}
             for entry in entries]
-    table = markdown(rows, jobs)
+    table = markdown(rows, test_set, jobs)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table + "\n")
     out.with_suffix(".json").write_text(json.dumps(
         [{"name": r["name"], "runs": [asdict(run) for run in r["runs"]]} for r in rows], indent=1))
     plot(rows, out.with_suffix(".png"))
-    plot_wer(rows, out.parent / f"{out.name}_wer.png")
+    plot_wer(rows, out.parent / f"{out.name}_wer.png", test_set)
     return table
 
 
