@@ -87,6 +87,26 @@ def test_compare_configs_are_the_demo_lrsms_and_its_ablations():
         assert count_parameters(model) < dense, name
 
 
+def test_the_demo_e_branchformer_pair_are_twins_below_break_even():
+    """results.md sets the two side by side: the dense one must be exactly the low-rank one's dense twin,
+    and the low-rank one must be the demo LR-SMS but for its encoder."""
+    from espnet_lowrank.model_config import dense_twin, read_config
+    from espnet_lowrank.rank_mapping import break_even_rank
+    from espnet_lowrank.surgery import low_rank_layers
+
+    root = CONF.parents[1] / "conf"
+    lowrank = read_config(root / "compare" / "train_asr_lrsms_e_branchformer_demo.yaml")
+    assert dense_twin(lowrank) == read_config(root / "compare" / "train_asr_e_branchformer_demo.yaml")
+    demo = read_config(root / "train_asr_lrsms_demo.yaml")
+    assert {k: v for k, v in lowrank.items() if not k.startswith("encoder")} == \
+        {k: v for k, v in demo.items() if not k.startswith("encoder")}
+    model = build_model(root / "compare" / "train_asr_lrsms_e_branchformer_demo.yaml", vocab_size=28)
+    layers = [layer for _, layer in low_rank_layers(model)]
+    groups = {name.split(".")[3] for name, _ in low_rank_layers(model) if name.startswith("encoder.")}
+    assert {"attn", "feed_forward", "feed_forward_macaron", "cgmlp", "merge_proj"} <= groups
+    assert all(layer.rank < break_even_rank(layer.in_features, layer.out_features) for layer in layers)
+
+
 def test_the_demo_lrsms_has_no_layer_at_break_even(caplog):
     """The earlier demo LR-SMS (ratio 0.5) put 144x144 weights at rank 72, where U·V is as large as the weight."""
     from espnet_lowrank.rank_mapping import break_even_rank
