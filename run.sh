@@ -50,6 +50,7 @@ seed=                   # the training seed (asr_train --seed); default: the con
 lowrank_warmup_epochs=0 # >0: train the config's dense twin this many epochs, factorise it, go on in low rank
 lowrank_param_ratio=    # with a warm-up: ranks chosen from its trained spectra for this share of the dense parameters (e.g. 0.5); empty: the config's
 lowrank_allocator=energy # how that budget chooses them: energy | equal_energy (see convert --allocator)
+lowrank_asr_args=       # with a warm-up: extra asr_train options for its low-rank phase only, e.g. "--optim_conf lr=0.0012"; they add up
 init_param=             # stage 11 starts from these weights, fresh optimiser (espnet-lowrank convert's output; path:src:dst too)
 token_type=char         # char | bpe (SentencePiece)
 nbpe=5000               # with --token_type bpe
@@ -78,7 +79,7 @@ while [ $# -gt 0 ]; do
   esac
   name=${name#--}; name=${name//-/_}
   option_names | grep -qx "${name}" || die "unknown option --${name} (see --help)"
-  if [ "${name}" = asr_args ]; then value="${asr_args:+${asr_args} }${value}"; fi  # they add up
+  case ${name} in asr_args|lowrank_asr_args) value="${!name:+${!name} }${value}" ;; esac  # they add up
   printf -v "$name" '%s' "$value"
 done
 
@@ -152,6 +153,7 @@ asr_inputs=(--token_type "${token_type}" --token_list "${token_list}" --nj "${nj
 training=(--asr_config "${asr_config}" --asr_exp "${asr_exp}" --stats_dir "${stats_dir}" "${asr_inputs[@]}"
   --asr_args="${asr_args}" --seed "${seed}" --lowrank_warmup_epochs "${lowrank_warmup_epochs}"
   --lowrank_param_ratio "${lowrank_param_ratio}" --lowrank_allocator "${lowrank_allocator}"
+  --lowrank_asr_args="${lowrank_asr_args}"
   --init_param "${init_param}" --job_threads "${job_threads}" --ngpu "${ngpu}" --num_procs "${num_procs}"
   --num_nodes "${num_nodes}" --node_rank "${node_rank}" --master_addr "${master_addr}"
   --master_port "${master_port}" --dist_backend "${dist_backend}")

@@ -129,6 +129,28 @@ def test_the_printed_warmup_is_its_three_steps_and_the_dense_config_is_written(t
     assert written["encoder"] == "conformer" and not any(k.startswith("lowrank_") for k in written["encoder_conf"])
 
 
+def test_lowrank_asr_args_reach_the_low_rank_phase_only_and_its_marker(tmp_path, monkeypatch):
+    """E.g. the low-rank phase's own peak learning rate; the plan's --init_param and --max_epoch still hold."""
+    recipe = recipe_dir(tmp_path)
+    monkeypatch.chdir(recipe)
+    steps = printed(recipe, "--asr_config", str(TINY_CONFIG), "--lowrank_warmup_epochs", "1",
+                    "--asr_args", "--max_epoch 3", "--lowrank_asr_args", "--optim_conf lr=0.0012 --max_epoch 9",
+                    "--lowrank_asr_args=--batch_size 4")
+    dense, lowrank = asr_train_args(steps[1][3:]), asr_train_args(steps[3][3:])
+    assert lowrank.optim_conf["lr"] == 0.0012 and lowrank.batch_size == 4
+    assert lowrank.max_epoch == 2 and lowrank.init_param == ["exp/asr_tiny_lowrank/dense_warmup/lowrank_init.pth"]
+    assert dense.optim_conf.get("lr") != 0.0012 and dense.batch_size != 4 and dense.max_epoch == 1
+    tuned = stage(asr_args="--max_epoch 5", warmup_epochs=2, lowrank_asr_args="--optim_conf lr=0.0012")
+    assert tuned.marker_state()["options"]["lowrank_asr_args"] == "--optim_conf lr=0.0012"
+    assert "lowrank_asr_args" not in stage(asr_args="--max_epoch 5", warmup_epochs=2).marker_state()["options"]
+
+
+def test_lowrank_asr_args_without_a_warmup_are_refused():
+    with pytest.raises(StageError, match="--lowrank_asr_args '--optim_conf lr=0.001' is for the low-rank phase "
+                                         "after a dense warm-up: give --lowrank_warmup_epochs too"):
+        plan(stage(lowrank_asr_args="--optim_conf lr=0.001"))
+
+
 @pytest.mark.parametrize("options", [("--init_param", "{model}"), ("--lowrank_warmup_epochs", "0")])
 def test_the_librispeech_100_recipe_fine_tunes_or_trains_without_a_warmup(tmp_path, options):
     """The recipe defaults to a warm-up; --init_param (fine-tuning) and --lowrank_warmup_epochs 0 train one run."""

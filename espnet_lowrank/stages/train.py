@@ -13,6 +13,8 @@
   written as ``dense_warmup/lowrank_config.yaml`` with explicit mappings, which the low-rank phase
   trains (ESPnet saves it as the run's ``config.yaml``, so decoding, packing, report and merge see an
   ordinary low-rank config).
+- ``--lowrank_asr_args``: asr_train options for the low-rank phase of a warm-up only (e.g. its own
+  learning rate), after ``--asr_args``, so that they win there.
 
 One plan (:func:`plan`) serves both training and ``--print_launch_cmd``, which prints the same steps as
 command lines to copy onto the nodes of a multi-node training.
@@ -63,6 +65,7 @@ class Stage11:
     warmup_epochs: int = 0
     param_ratio: Optional[float] = None  # after the warm-up: ranks for this share of the dense parameters
     allocator: str = "energy"  # how the budget chooses them (espnet_lowrank.budget.ALLOCATORS)
+    lowrank_asr_args: str = ""  # asr_train options for the warm-up's low-rank phase only
     init_param: str = ""  # path, or path:src:dst
     launch: Launch = field(default_factory=Launch)
     job_threads: int = 0
@@ -101,6 +104,8 @@ class Stage11:
             options.append(f"lowrank_param_ratio={self.param_ratio}")
             if self.allocator != "energy":
                 options.append(f"lowrank_allocator={self.allocator}")
+        if self.lowrank_asr_args:
+            options.append(f"lowrank_asr_args={self.lowrank_asr_args}")
         return marker.describe(options, inputs)
 
     def check_param_ratio(self) -> None:
@@ -109,6 +114,9 @@ class Stage11:
         if self.allocator not in ALLOCATORS:
             raise StageError(f"--lowrank_allocator '{self.allocator}' is unknown; choose one of: "
                              f"{' '.join(ALLOCATORS)}")
+        if self.lowrank_asr_args and self.warmup_epochs == 0:
+            raise StageError(f"--lowrank_asr_args '{self.lowrank_asr_args}' is for the low-rank phase after a dense "
+                             "warm-up: give --lowrank_warmup_epochs too, or put them in --asr_args")
         if self.param_ratio is None:
             return
         if not 0 < self.param_ratio < 1:
@@ -324,7 +332,8 @@ def plan(stage: Stage11) -> List[Step]:
                  ["--max_epoch", str(stage.warmup_epochs)], warmup / ".done", dense_twin_of=stage.config),
         factorised,
         Training(stage, f"low rank from the warm-up, {lowrank_epochs} epochs", factorised.config, stage.exp,
-                 ["--init_param", str(factorised.out), "--max_epoch", str(lowrank_epochs)]),
+                 [*shlex.split(stage.lowrank_asr_args),  # before the plan's own, which must hold
+                  "--init_param", str(factorised.out), "--max_epoch", str(lowrank_epochs)]),
     ]
 
 
@@ -385,6 +394,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lowrank_param_ratio", default="", help="empty: the config's ranks")
     parser.add_argument("--lowrank_allocator", default="energy", help="how a --lowrank_param_ratio budget "
                         "chooses the ranks (convert --allocator)")
+    parser.add_argument("--lowrank_asr_args", default="", help="asr_train options for the warm-up's low-rank "
+                        "phase only")
     parser.add_argument("--init_param", default="")
     parser.add_argument("--job_threads", type=int, default=0)
     for name in ("ngpu", "num_procs", "num_nodes", "node_rank", "master_port"):
@@ -404,8 +415,8 @@ def from_args(args: argparse.Namespace) -> Stage11:
         raise StageError(f"--lowrank_param_ratio {ratio!r}: the low-rank model's share of the dense parameters, "
                          "a number in (0, 1)") from None
     return Stage11(args.asr_config, args.asr_exp, AsrInputs.from_args(args), args.stats_dir, args.asr_args, seed,
-                   args.lowrank_warmup_epochs, param_ratio, args.lowrank_allocator, args.init_param, launch,
-                   args.job_threads)
+                   args.lowrank_warmup_epochs, param_ratio, args.lowrank_allocator, args.lowrank_asr_args,
+                   args.init_param, launch, args.job_threads)
 
 
 @one_line_errors
