@@ -100,6 +100,9 @@ def test_compare_entries_carry_their_options_and_seeds(tmp_path):
     equal = Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --lowrank_param_ratio 0.5 "
                         "--lowrank_allocator equal_energy")
     assert equal.tag == "x_warmup2_budget0.5_equal_energy"
+    tuned = Entry.parse("conf/x.yaml --lowrank_warmup_epochs 2 --lowrank_asr_args '--optim_conf lr=0.001'")
+    assert tuned.options[-1] == "--optim_conf lr=0.001"
+    assert tuned.name == "x.yaml --lowrank_warmup_epochs 2 --lowrank_asr_args '--optim_conf lr=0.001'"
     with pytest.raises(ValueError, match="must come last"):
         Entry.parse("conf/x.yaml --seeds 1,2 --lowrank_warmup_epochs 2")
     config = tmp_path / "x.yaml"

@@ -31,7 +31,7 @@ class Entry:
 
     @property
     def name(self) -> str:
-        return " ".join([self.config.name, *self.options])
+        return shlex.join([self.config.name, *self.options])  # as it would be typed again
 
     @property
     def tag(self) -> str:
