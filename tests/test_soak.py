@@ -29,6 +29,38 @@ def test_kills_aim_at_every_stage_in_order_and_the_rest_at_training():
         (k.stage, k.delay) for k in soak.plan_kills(random.Random(0), 13, stages, ["KILL", "TERM"], 2.0)]
 
 
+class FinishesFirst:
+    """A session whose run.sh finishes before any kill later than ``lands_within`` seconds."""
+
+    def __init__(self, lands_within: float):
+        self.lands_within, self.delays = lands_within, []
+
+    def kill(self, kill, stages) -> bool:
+        self.delays.append(kill.delay)
+        return kill.delay <= self.lands_within
+
+    def say(self, message: str) -> None:
+        pass
+
+
+def test_a_late_kill_is_tried_sooner_until_it_lands_or_none_can():
+    session = FinishesFirst(lands_within=0.3)
+    kill = soak.Kill("TERM", soak.TRAINING, 27.87)
+    soak.land(session, kill, soak.STAGES, 9)  # a finished run: only scoring and packing left to hit
+    assert session.delays == [27.87, 13.94, 6.97, 3.48, 1.74, 0.87, 0.43, 0.21] and kill.delay == 0.21
+    with pytest.raises(InputError, match=r"kill 3 did not land even 0.05 s after stage 12's line"):
+        soak.land(FinishesFirst(lands_within=0.0), soak.Kill("KILL", 12, 1.0), soak.STAGES, 3)
+
+
+def test_a_finished_stage_counts_as_reached():
+    # stage 11 has no run.sh line when its training is done, only its "already done" line
+    for line, stage in [("[2026-12-05 15:14:51] run.sh: stage 12: decode test", 12),
+                        ("stage 11: already done (exp/asr_x/.done; same options and inputs)", 11)]:
+        match = soak.STAGE_LINE.search(line)
+        assert int(match.group(1) or match.group(2)) == stage
+    assert soak.STAGE_LINE.search("stage 11: epoch 1/2  train loss 141") is None
+
+
 def test_an_epoch_started_again_after_it_had_finished_is_reported(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("1/3epoch started\n")

@@ -34,16 +34,17 @@ from espnet_lowrank.errors import InputError
 from espnet_lowrank.studies.recipe import Recipe
 
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
-#: run.sh's stages, in order; each logs "stage N:" when it starts (also when it finds its work done)
+#: run.sh's stages, in order; each logs "run.sh: stage N:" when it starts, or "stage N: already done"
 STAGES = (1, 2, 3, 4, 5, 10, 11, 12, 13, 14)
 TRAINING = 11
 TRAINING_SPAN = 8
-STAGE_LINE = re.compile(r"\bstage (\d+):")
+STAGE_LINE = re.compile(r"run\.sh: stage (\d+):|^stage (\d+): already done")
 EPOCH_STARTED = re.compile(r"(\d+)/\d+epoch started")
 #: what a run that died leaves when something is not written atomically or not cleaned up
 LEFTOVER = re.compile(r"(\.partial(\.zip)?|\.tmp|\.damaged|^\.lock\..*)$")
-#: tries of a kill that came too late, each with half the delay
-RETRIES = 5
+#: a kill that came too late is tried again with half the delay, down to this many seconds: a finished
+#: run redoes only scoring and packing (about a second), which a kill this soon after a stage's line still hits
+SOONEST = 0.05
 #: a process that ignores SIGTERM or SIGINT longer than this is a failure
 STOP_SECONDS = 60
 
@@ -100,8 +101,8 @@ class Run:
             self._log.write(line)
             self.tail = (self.tail + [line])[-40:]
             match = STAGE_LINE.search(line)
-            if match and "run.sh:" in line:
-                self.stage = int(match.group(1))
+            if match:
+                self.stage = int(match.group(1) or match.group(2))
                 self.stage_seen.set()
 
     def wait_for_stage(self, stage: int, stages) -> bool:
@@ -311,6 +312,19 @@ def tag_dir_of(recipe: Recipe, options: List[str]) -> Path:
     return recipe.path / option("expdir", "exp") / f"asr_{tag}"
 
 
+def land(session: Soak, kill: Kill, stages, number: int) -> None:
+    """Runs until ``kill`` lands, each try sooner after its stage's line: a kill aimed at training can come
+    after a resumed training has finished (finished stages are checked and skipped, scoring and packing
+    are redone, so a kill soon enough still lands in them)."""
+    while not session.kill(kill, stages):
+        if kill.delay <= SOONEST:
+            raise InputError(f"soak: kill {number} did not land even {kill.delay} s after stage {kill.stage}'s "
+                             "line: run.sh finished first")
+        session.say(f"run.sh finished before kill {number} ({kill.delay} s into stage {kill.stage}); "
+                    "again, sooner")
+        kill.delay = max(SOONEST, round(kill.delay / 2, 2))
+
+
 def soak(recipe: Recipe, options: List[str], kills: int, seed: int, signals: List[str],
          max_delay: float, log_path: Path) -> Dict[str, object]:
     rng = random.Random(seed)
@@ -321,16 +335,7 @@ def soak(recipe: Recipe, options: List[str], kills: int, seed: int, signals: Lis
                 f"{' '.join(str(k.stage) for k in plan)}, up to {max_delay} s after each stage's start")
     landed = []
     for number, kill in enumerate(plan, 1):
-        for _ in range(RETRIES):
-            if session.kill(kill, stages):
-                break
-            # run.sh got through the stage (and the rest) first: again, sooner (finished stages are checked
-            # and skipped; scoring and packing are redone, so a kill still lands in them)
-            session.say(f"run.sh finished before kill {number} ({kill.delay} s into stage {kill.stage}); "
-                        "again, sooner")
-            kill.delay = round(kill.delay / 2, 2)
-        else:
-            raise InputError(f"soak: kill {number} did not land in {RETRIES} tries; lower --max_delay")
+        land(session, kill, stages, number)
         landed.append(kill)
         session.say(f"kill {number}/{kills}: SIG{kill.signal_name} in stage {kill.landed} "
                     f"(aimed at {kill.stage}, {kill.delay} s after its start); resuming")
