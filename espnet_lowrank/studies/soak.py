@@ -38,12 +38,12 @@ SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
 STAGES = (1, 2, 3, 4, 5, 10, 11, 12, 13, 14)
 TRAINING = 11
 TRAINING_SPAN = 8
-STAGE_LINE = re.compile(r"run\.sh: stage (\d+):|^stage (\d+): already done")
+STAGE_LINE = re.compile(r"(?:run\.sh: |^(?=stage \d+: already done))stage (\d+):")
 EPOCH_STARTED = re.compile(r"(\d+)/\d+epoch started")
 #: what a run that died leaves when something is not written atomically or not cleaned up
 LEFTOVER = re.compile(r"(\.partial(\.zip)?|\.tmp|\.damaged|^\.lock\..*)$")
 #: a kill that came too late is tried again with half the delay, down to this many seconds: a finished
-#: run redoes only scoring and packing (about a second), which a kill this soon after a stage's line still hits
+#: run redoes only scoring and packing (1-2 s), which a kill this soon after a stage's line still hits
 SOONEST = 0.05
 #: a process that ignores SIGTERM or SIGINT longer than this is a failure
 STOP_SECONDS = 60
@@ -102,7 +102,7 @@ class Run:
             self.tail = (self.tail + [line])[-40:]
             match = STAGE_LINE.search(line)
             if match:
-                self.stage = int(match.group(1) or match.group(2))
+                self.stage = int(match.group(1))
                 self.stage_seen.set()
 
     def wait_for_stage(self, stage: int, stages) -> bool:
