@@ -18,7 +18,9 @@ choice often lies far above the line of the ranks before it), is the greedy
 solution of this knapsack, within about one climb of the optimum (tested
 against brute force); where a climb does not fit, the unit's next single
 choice may. ``allocator="equal_energy"`` starts the climbs from the choices
-that keep every unit the same share of its energy.
+that keep every unit the same share of its energy; ``allocator="no_slower"``
+climbs as ``energy`` does over the ranks that train no slower than the unit's
+dense layers, as measured by :mod:`espnet_lowrank.layer_speed`.
 """
 
 import heapq
@@ -84,11 +86,13 @@ def unit_from_weights(part: str, group: str, block: int, matrices: Sequence[torc
                 sum(m.shape[0] * m.shape[1] for m in matrices), tuple(energy.tolist()), tuple(modules))
 
 
-def choices(unit: Unit, multiple_of: int) -> List[Tuple[int, int, float]]:
+def choices(unit: Unit, multiple_of: int, slower_from: Optional[int] = None) -> List[Tuple[int, int, float]]:
     """``(rank, parameters, energy kept)`` of each choice of ``unit``, cheapest first: the multiples of
-    ``multiple_of`` below every one of its layers' break-even ranks, then dense (its full rank)."""
+    ``multiple_of`` below every one of its layers' break-even ranks (and below ``slower_from``, the
+    rank from which it trains slower than dense), then dense (its full rank)."""
     ranks = range(multiple_of, unit.full_rank, multiple_of)
-    factorised = [(rank, unit_params(unit, rank), unit.energy[rank]) for rank in ranks if rank < unit.break_even]
+    ceiling = min(unit.break_even, unit.full_rank if slower_from is None else slower_from)
+    factorised = [(rank, unit_params(unit, rank), unit.energy[rank]) for rank in ranks if rank < ceiling]
     return [*factorised, (unit.full_rank, unit_params(unit, unit.full_rank), 1.0)]
 
 
@@ -113,23 +117,31 @@ def steepest_climb(options: Sequence[Tuple[int, int, float]], here: int, single:
 #: it falls; ``equal_energy`` first gives every unit the same share of its own energy, then spends what is
 #: left as ``energy`` does. Energy per parameter starves layers whose trained spectra are still flat (the
 #: feed-forward ones after a short warm-up: docs/results.md); the paper finds those the most rank-sensitive.
-ALLOCATORS = ("energy", "equal_energy")
+#: ``no_slower`` is ``energy`` without the ranks that train slower than dense at the recipe's batch.
+ALLOCATORS = ("energy", "equal_energy", "no_slower")
 
 
-def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8,
-             allocator: str = "energy") -> Dict[str, int]:
+def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8, allocator: str = "energy",
+             slower_from: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
     """Rank per unit name (its full rank where it stays dense): Σ parameters ≤ ``budget``, every unit
     at least at its cheapest choice, energy kept as high as the greedy climbs reach (from the
-    ``allocator``'s starting point)."""
+    ``allocator``'s starting point). ``no_slower`` needs ``slower_from``: per unit name, the rank from
+    which it trains slower than dense (:func:`espnet_lowrank.layer_speed.slower_from`)."""
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator {allocator!r} is unknown; choose one of: {', '.join(ALLOCATORS)}")
-    options = {unit.name: choices(unit, step_of(multiple_of, unit)) for unit in units}
+    if (allocator == "no_slower") != (slower_from is not None):
+        raise ValueError(f"allocator {allocator!r}: the measured slower_from ranks go with no_slower, and only there")
+    ceilings = slower_from or {}
+    options = {unit.name: choices(unit, step_of(multiple_of, unit), ceilings.get(unit.name)) for unit in units}
     position = {unit.name: 0 for unit in units}
     spent = sum(options[unit.name][0][1] for unit in units)
     if spent > budget:
+        slow = [unit.name for unit in units if ceilings.get(unit.name, unit.full_rank) <= step_of(multiple_of, unit)]
+        why = (f"; {', '.join(slow)} train slower than dense at every rank here, so no_slower keeps them dense: "
+               f"try --allocator energy" if slow else "")
         raise ValueError(f"the budget leaves {budget:,} parameters for the factorised layers, but the cheapest "
                          f"choice everywhere (the smallest multiple_of rank, or dense where that is not smaller) "
-                         f"already needs {spent:,}: ask for a larger --param_ratio")
+                         f"already needs {spent:,}: ask for a larger --param_ratio{why}")
     if allocator == "equal_energy":
         position = equal_energy_start(options, budget)
         spent = sum(options[name][index][1] for name, index in position.items())

@@ -98,8 +98,79 @@ def test_equal_energy_keeps_one_share_in_every_unit_and_spends_the_budget(dense_
 
 def test_an_unknown_allocator_is_named(dense_run):
     units = budget.budget_units(dense_run["model"], dense_run["state"])
-    with pytest.raises(ValueError, match="allocator 'uniform' is unknown; choose one of: energy, equal_energy"):
+    with pytest.raises(ValueError, match="allocator 'uniform' is unknown; choose one of: energy, equal_energy, no_slower"):
         budget.allocate(units, 10**9, allocator="uniform")
+
+
+def test_no_slower_spends_the_budget_below_the_ranks_measured_slower(dense_run):
+    units = budget.budget_units(dense_run["model"], dense_run["state"])
+    limit = int(0.5 * sum(unit.dense_params for unit in units))
+    energy = budget.allocate(units, limit, multiple_of=2)
+    unlimited = {unit.name: unit.full_rank for unit in units}  # no rank trains slower: energy's choice
+    assert budget.allocate(units, limit, 2, "no_slower", unlimited) == energy
+    capped = {unit.name: 4 if unit.group == "feed_forward" else unit.full_rank for unit in units}
+    ranks = budget.allocate(units, limit, 2, "no_slower", capped)
+    assert ranks != energy and budget.factorised_params(units, ranks) <= limit
+    for unit in units:
+        assert ranks[unit.name] < capped[unit.name] or ranks[unit.name] == unit.full_rank
+
+
+def test_a_budget_no_slower_cannot_reach_names_the_units_slower_at_every_rank(dense_run):
+    units = budget.budget_units(dense_run["model"], dense_run["state"])
+    slow = {unit.name: 2 if unit.part == "encoder" else unit.full_rank for unit in units}  # even rank 2 is slower
+    with pytest.raises(ValueError, match=r"ask for a larger --param_ratio; encoder\.attention\[0\], .* train "
+                                         r"slower than dense at every rank here, .* try --allocator energy"):
+        budget.allocate(units, int(0.3 * sum(unit.dense_params for unit in units)), 2, "no_slower", slow)
+
+
+@pytest.mark.parametrize("allocator, measured", [("no_slower", None), ("energy", {})])
+def test_the_measured_ranks_go_with_no_slower_only(dense_run, allocator, measured):
+    units = budget.budget_units(dense_run["model"], dense_run["state"])
+    with pytest.raises(ValueError, match=f"allocator '{allocator}': the measured slower_from ranks go with no_slower"):
+        budget.allocate(units, 10**9, 2, allocator, measured)
+
+
+def test_convert_no_slower_times_the_layers_at_the_batch_and_writes_the_budget(dense_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    """The shapes come from a real forward pass over the config's batch; the clock is a fake one (a launch
+    per matrix product plus its multiply-adds), since which ranks are slower depends on the machine."""
+    from espnet_lowrank import layer_speed
+    from espnet_lowrank.tools.convert import main
+
+    seen = []
+
+    def seconds(layer, shape, probe):
+        seen.append(tuple(shape))
+        if hasattr(layer, "rank"):
+            tokens = shape.numel() // layer.in_features
+            return 2 * 200_000 + tokens * layer.rank * (layer.in_features + layer.out_features)
+        out_features, in_features = layer.weight.shape[:2]
+        return 200_000 + shape.numel() * out_features
+
+    monkeypatch.setattr(layer_speed, "step_seconds", seconds)
+    saved = read_config(dense_run["config"])
+    saved.update(batch_type="numel", batch_bins=400000)
+    (tmp_path / "numel.yaml").write_text(yaml.safe_dump(saved))
+    main(["--dense_config", str(tmp_path / "numel.yaml"), "--dense_model", str(dense_run["weights"]),
+          "--param_ratio", "0.6", "--multiple_of", "2", "--allocator", "no_slower", "--time_device", "cpu",
+          "--out", str(tmp_path / "lr" / "model.pth")])
+    printed = capsys.readouterr().out
+    table = printed[printed.index("trains slower than dense from rank"):printed.index("parameters:")]
+    slower = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:]}
+    assert set(slower) == {"encoder.attention", "encoder.feed_forward", "encoder.convolution",
+                           "decoder.self_attention", "decoder.src_attention", "decoder.feed_forward"}
+    assert all(len(ranks) == 2 if group.startswith("encoder") else len(ranks) == 1
+               for group, ranks in slower.items())  # one entry per block
+    assert {shape[0] for shape in seen} == {3}  # uniform 12 s utterances: the third is the one past 400,000 bins
+    assert "-" in str(slower.values()) and any(rank.isdigit() for ranks in slower.values() for rank in ranks)
+    lowrank = build_model(tmp_path / "lr" / "config.yaml")
+    assert abs(count_parameters(lowrank) / count_parameters(dense_run["model"]) - 0.6) <= 0.01
+    for name, layer in low_rank_layers(lowrank):
+        block = int(name.split(".")[2])
+        group = next(g for g, paths in budget._groups()[name.split(".")[0]].items()
+                     if any(name.endswith(path) for path in paths))
+        ceiling = slower[f"{name.split('.')[0]}.{group}"][block]
+        assert ceiling == "-" or layer.rank < int(ceiling)
 
 
 def lowrank_settings_config(dense_run, units, ranks, tmp_path):
@@ -130,7 +201,7 @@ def test_every_factorised_rank_stays_below_break_even(dense_run, tmp_path):
 
 
 @pytest.mark.parametrize("ratio", [0.6, 0.75, 0.9])
-@pytest.mark.parametrize("allocator", budget.ALLOCATORS)
+@pytest.mark.parametrize("allocator", ["energy", "equal_energy"])  # no_slower: with a fake clock, above
 def test_the_converted_model_has_the_asked_share_of_parameters_within_1_percent(dense_run, tmp_path, ratio,
                                                                                  allocator):
     result = budgeted_config(dense_run["config"], dense_run["weights"], ratio, tmp_path / "lr" / "config.yaml",
@@ -235,6 +306,8 @@ def test_a_budget_like_a_low_rank_config_keeps_its_groups_settings_and_hits_the_
     (["--param_ratio", "0.5", "--config", "LIKE", "--exclude", "encoder.convolution"],
      "--exclude: with --config .* the config says which layers stay dense"),
     ([], "say what to convert into: --config"),
+    (["--param_ratio", "0.5", "--shape_files", "a", "b"],
+     "--shape_files: the batch layers are timed at, for --allocator no_slower only \\(not energy\\)"),
 ])
 def test_convert_refuses_options_that_contradict(dense_run, tmp_path, argv, message):
     from espnet_lowrank.tools.convert import main

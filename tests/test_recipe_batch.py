@@ -1,8 +1,9 @@
-"""bench's batch for a batch_bins is the one ESPnet's numel sampler builds."""
+"""bench's batch for a batch_bins is the one ESPnet's numel sampler builds; a training config's, the one its
+own sampler builds."""
 
 import pytest
 
-from espnet_lowrank.recipe_batch import LIBRISPEECH_100_BATCH_BINS, recipe_batch
+from espnet_lowrank.recipe_batch import LIBRISPEECH_100_BATCH_BINS, config_batch, recipe_batch
 
 
 def test_uniform_utterances_fill_the_bins_as_espnet_does():
@@ -37,3 +38,15 @@ def test_bad_bins_and_missing_shape_files_are_named(tmp_path):
         recipe_batch(0, vocab=50)
     with pytest.raises(ValueError, match="nowhere/speech_shape not found"):
         recipe_batch(1000, vocab=50, shape_files=["nowhere/speech_shape", "nowhere/text_shape.bpe"])
+
+
+@pytest.mark.parametrize("config, seconds, utterances", [
+    ({"batch_type": "unsorted", "batch_size": 3}, 4, 3),
+    ({"batch_type": "sorted", "batch_size": 5}, 4, 5),
+    ({}, 4, 20),  # ESPnet's default, folded: 20 utterances below the 80000-sample fold length
+    ({}, 12, 6),  # 192000 samples fold 2 times: 20 / (1 + 2)
+    ({"batch_type": "numel", "batch_bins": 400000, "batch_size": 3}, 4, 7),  # 64000 + 10 x 19 bins each
+])
+def test_a_training_configs_own_sampler_makes_the_batch(config, seconds, utterances):
+    speech, text = config_batch(config, vocab=19, seconds=seconds, text_length=10)
+    assert len(speech) == utterances and set(speech) == {seconds * 16000} and set(text) == {10}

@@ -186,6 +186,49 @@ def test_a_budgeted_warmup_trains_the_budget_config_and_records_the_ratio(tmp_pa
     assert equal.marker_state()["options"]["lowrank_allocator"] == "equal_energy"
     (convert,) = plan(equal)[1].commands()
     assert convert[convert.index("--allocator") + 1] == "equal_energy"
+    assert "--shape_files" not in convert
+    fast = stage(asr_args="--max_epoch 5", warmup_epochs=2, param_ratio=0.5, allocator="no_slower",
+                 launch=Launch(ngpu=1))
+    (convert,) = plan(fast)[1].commands()  # timed on the recipe's own batch, on the training device
+    at = convert.index("--shape_files")
+    assert convert[at + 1:at + 3] == ["exp/asr_stats_train_char/train/speech_shape",
+                                      "exp/asr_stats_train_char/train/text_shape.char"]
+    assert convert[convert.index("--time_device") + 1] == "cuda"
+
+
+def test_no_slower_times_the_layers_at_the_recipes_own_batch(tmp_path, monkeypatch):
+    """The factorisation step, in process: the warmed-up model's layers are timed at the batch the
+    run's sampler (here batch_size 2) makes from the recipe's shape files; a fake clock stands in for
+    the machine's."""
+    import torch
+
+    from espnet_lowrank import layer_speed
+    from espnet_lowrank.model_config import build_model
+
+    monkeypatch.chdir(tmp_path)
+    tokens = ["<blank>", "<unk>", *"abcdefghijklmnop", "<sos/eos>"]
+    warmup = Path("exp/asr_x/dense_warmup")
+    warmup.mkdir(parents=True)
+    dense = yaml.safe_load((TINY_CONFIG.parent / "tiny_dense.yaml").read_text())
+    dense.update(token_list=tokens, batch_type="unsorted", batch_size=2)
+    (warmup / "config.yaml").write_text(yaml.safe_dump(dense))
+    torch.save(build_model(warmup / "config.yaml").state_dict(), warmup / "2epoch.pth")
+    stats = Path("exp/asr_stats_train_char/train")
+    stats.mkdir(parents=True)
+    (stats / "speech_shape").write_text("".join(f"u{i} {8000 * (i + 1)}\n" for i in range(6)))
+    (stats / "text_shape.char").write_text("".join(f"u{i} {3 + i},{len(tokens)}\n" for i in range(6)))
+    seen = []
+
+    def seconds(layer, shape, probe):
+        seen.append(tuple(shape))
+        return 1.0 if hasattr(layer, "rank") else 2.0  # every rank faster: no_slower is energy here
+
+    monkeypatch.setattr(layer_speed, "step_seconds", seconds)
+    fast = stage(asr_args="--max_epoch 5", warmup_epochs=2, param_ratio=0.6, allocator="no_slower")
+    plan(fast)[1].run()
+    assert {shape[0] for shape in seen} == {2}  # batch_size 2, not the uniform 12 s default
+    assert Path("exp/asr_x/dense_warmup/lowrank_config.yaml").exists()
+    assert "trains slower than dense from rank" in (warmup / "convert.log").read_text()
 
 
 @pytest.mark.parametrize("options, message", [
@@ -193,7 +236,7 @@ def test_a_budgeted_warmup_trains_the_budget_config_and_records_the_ratio(tmp_pa
                             "give --lowrank_warmup_epochs too"),
     (dict(param_ratio=1.5, warmup_epochs=2), r"--lowrank_param_ratio 1.5: .* in \(0, 1\)"),
     (dict(param_ratio=0.5, warmup_epochs=2, allocator="uniform"),
-     "--lowrank_allocator 'uniform' is unknown; choose one of: energy equal_energy"),
+     "--lowrank_allocator 'uniform' is unknown; choose one of: energy equal_energy no_slower"),
 ])
 def test_a_bad_param_ratio_is_named(options, message):
     with pytest.raises(StageError, match=message):

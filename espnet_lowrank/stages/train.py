@@ -277,10 +277,21 @@ class Factorisation:
     def prepare(self) -> None:
         pass
 
+    def timing(self):
+        """Where ``no_slower`` times the layers: this recipe's training batch, on its training device."""
+        from espnet_lowrank.tools.convert import Timing
+
+        stats = self.stage.stats_dir / "train"
+        return Timing((str(stats / "speech_shape"), str(stats / f"text_shape.{self.stage.inputs.token_type}")),
+                      "cuda" if self.stage.launch.ngpu > 0 else "cpu")
+
     def commands(self) -> List[List[str]]:
         budget = [] if self.stage.param_ratio is None else [
             "--param_ratio", str(self.stage.param_ratio), "--allocator", self.stage.allocator,
             "--out_config", str(self.config)]
+        if self.stage.allocator == "no_slower":
+            timing = self.timing()
+            budget += ["--shape_files", *timing.shape_files, "--time_device", timing.device]
         return [[self.stage.launch.python, "-m", "espnet_lowrank.cli", "convert",
                  "--dense_config", str(self.warmup / "config.yaml"), "--dense_model", str(self.dense_model),
                  "--config", str(self.stage.config), *budget, "--out", str(self.out)]]
@@ -297,7 +308,7 @@ class Factorisation:
             else:
                 _, result, rows = convert_by_budget(dense_config, self.dense_model, ratio, self.out,
                                                     out_config=self.config, like=self.stage.config,
-                                                    allocator=self.stage.allocator)
+                                                    allocator=self.stage.allocator, timing=self.timing())
                 chosen = f"wrote {self.config}\n{format_ranks(result)}\n"
                 log(f"stage 11: {format_ranks(result).splitlines()[-1]}")
         except (StageError, ValueError, FileNotFoundError) as error:

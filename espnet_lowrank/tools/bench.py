@@ -34,7 +34,8 @@ from espnet_lowrank.compiling import compile_blocks
 from espnet_lowrank.guide import finish_guides
 from espnet_lowrank.model_config import build_model, count_parameters
 from espnet_lowrank.recompute import set_recompute
-from espnet_lowrank.recipe_batch import LIBRISPEECH_100_BATCH_BINS, recipe_batch
+from espnet_lowrank.layer_speed import timed
+from espnet_lowrank.recipe_batch import LIBRISPEECH_100_BATCH_BINS, recipe_batch, synthetic_batch
 from espnet_lowrank.step_profile import format_profile, profile_step
 
 
@@ -76,26 +77,6 @@ class ConfigResult:
         return statistics.median(values) if values else None
 
 
-def synthetic_batch(batch: int, seconds: float, text_length: int, vocab: int, device,
-                    speech_lengths: Optional[Sequence[int]] = None,
-                    text_lengths: Optional[Sequence[int]] = None) -> Dict:
-    """A fixed batch of realistic shape: noise speech, random token ids, and
-    the given lengths, or lengths falling from 100% to 80% as in a
-    length-sorted batch."""
-    generator = torch.Generator().manual_seed(0)
-    if speech_lengths is None:
-        samples = int(seconds * 16000)
-        speech_lengths = torch.linspace(samples, 0.8 * samples, batch).long().tolist()
-        text_lengths = torch.linspace(text_length, 0.8 * text_length, batch).long().tolist()
-    lengths, text_lengths = torch.tensor(speech_lengths), torch.tensor(text_lengths)
-    speech = 0.1 * torch.randn(len(lengths), int(lengths.max()), generator=generator)
-    text = torch.randint(1, vocab - 1, (len(lengths), int(text_lengths.max())), generator=generator)
-    return {
-        "speech": speech.to(device), "speech_lengths": lengths.to(device),
-        "text": text.to(device), "text_lengths": text_lengths.to(device),
-    }
-
-
 def autocast(device: str, amp: str):
     if amp == "none":
         return contextlib.nullcontext()
@@ -114,16 +95,6 @@ def train_step(model, optimizer, batch, device, amp, scaler) -> None:
 def encoder_step(model, batch, device, amp) -> None:
     with torch.inference_mode(), autocast(device, amp):
         model.encode(batch["speech"], batch["speech_lengths"])
-
-
-def timed(function: Callable[[], None], device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    function()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def counted_flops(function: Callable[[], None]) -> Tuple[int, Dict[str, int]]:

@@ -30,12 +30,13 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import yaml
 
-from espnet_lowrank import budget, packing
+from espnet_lowrank import budget, layer_speed, packing
 from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.layers import LowRankLinear
@@ -85,9 +86,12 @@ BUDGET_TWINS = {"encoder": ("conformer", "lowrank_conformer"), "decoder": ("tran
 
 
 def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, exclude=(),
-                    multiple_of: int = 8, like=None, allocator: str = "energy") -> Dict:
+                    multiple_of: int = 8, like=None, allocator: str = "energy",
+                    timing: Optional["Timing"] = None) -> Dict:
     """Write the low-rank config whose ranks spend ``param_ratio`` of the dense model's parameters
-    (:mod:`espnet_lowrank.budget`); returns the ranks and the parameter counts.
+    (:mod:`espnet_lowrank.budget`); returns the ranks and the parameter counts (and, with the
+    ``no_slower`` allocator, the rank from which each unit trained slower than dense: ``timing`` says
+    where and on which batch it is measured).
 
     With ``like`` (a low-rank training YAML), the budget factorises only the layers that config
     factorises, with its groups' ``multiple_of``, and keeps its other settings (initialisation,
@@ -119,7 +123,13 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
         raise InputError(f"{like}: factorises none of the layers a budget chooses ranks for ({', '.join(groups)})")
     fixed = budget.fixed_params(shaped, units)
     target = round(param_ratio * dense_params)
-    ranks = budget.allocate(units, target - fixed, multiple_of, allocator)
+    slower = None
+    if allocator == "no_slower":
+        timing = timing or Timing()
+        shapes = layer_speed.recipe_inputs(model, read_config(dense_config), [m for unit in units for m in unit.modules],
+                                           timing.shape_files)
+        slower = layer_speed.slower_from(model, units, shapes, multiple_of, timing.probe(values))
+    ranks = budget.allocate(units, target - fixed, multiple_of, allocator, slower)
     num_blocks = {"encoder": len(model.encoder.encoders), "decoder": len(model.decoder.decoders)}
     for part, settings in budget.lowrank_settings(units, ranks, multiple_of, num_blocks).items():
         values[part] = {**values[part], **settings}
@@ -133,7 +143,19 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     partial.write_text(yaml.safe_dump(values, sort_keys=False))
     partial.replace(out_config)
     return {"ranks": ranks, "units": units, "dense_params": dense_params, "target_params": target,
-            "params": fixed + budget.factorised_params(units, ranks)}
+            "params": fixed + budget.factorised_params(units, ranks), "slower_from": slower}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where the ``no_slower`` budget times its layers: the recipe's shape files (empty: uniform 12 s
+    utterances) and the device training uses."""
+
+    shape_files: Tuple[str, ...] = ()
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def probe(self, config: Dict) -> layer_speed.Probe:
+        return layer_speed.Probe(self.device, amp=bool(config.get("use_amp")))
 
 
 def _build(values: Dict):
@@ -156,6 +178,13 @@ def format_ranks(result: Dict) -> str:
         shown = "dense" if rank == unit.full_rank else f"{rank} ({unit.energy[rank]:.2f})"
         by_group.setdefault(f"{unit.part}.{unit.group}", []).append(shown)
     lines += [f"{group:28} {' '.join(ranks)}" for group, ranks in by_group.items()]
+    if result.get("slower_from"):
+        slower: Dict[str, List[str]] = {}
+        for unit in result["units"]:
+            rank = result["slower_from"][unit.name]
+            slower.setdefault(unit.group_name, []).append("-" if rank == unit.full_rank else str(rank))
+        lines.append("trains slower than dense from rank (-: at no rank below break-even):")
+        lines += [f"{group:28} {' '.join(ranks)}" for group, ranks in slower.items()]
     lines.append(f"parameters: {result['params']:,} = {result['params'] / result['dense_params']:.3f} of the dense "
                  f"{result['dense_params']:,} (asked: {result['target_params'] / result['dense_params']:.3f})")
     return "\n".join(lines)
@@ -182,8 +211,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "e.g. encoder.convolution decoder.src_attention encoder.encoders.0")
     parser.add_argument("--multiple_of", type=int, default=8, help="with --param_ratio: ranks are multiples of it")
     parser.add_argument("--allocator", choices=budget.ALLOCATORS, default="energy",
-                        help="with --param_ratio: energy (most spectral energy in all) or equal_energy (the same "
-                        "share of each layer group's energy first, then the rest as energy does)")
+                        help="with --param_ratio: energy (most spectral energy in all), equal_energy (the same "
+                        "share of each layer group's energy first, then the rest as energy does) or no_slower "
+                        "(energy, over the ranks that train no slower than dense: each layer timed at the "
+                        "recipe's batch)")
+    parser.add_argument("--shape_files", nargs=2, default=(), metavar=("SPEECH_SHAPE", "TEXT_SHAPE"),
+                        help="with --allocator no_slower: the recipe's exp/asr_stats_*/train/speech_shape and "
+                        "text_shape.<token_type>, whose batch (the dense config's batch_bins) the layers are "
+                        "timed at (default: uniform 12 s utterances)")
+    parser.add_argument("--time_device", choices=["cpu", "cuda"], default=Timing.device,
+                        help="with --allocator no_slower: where the layers are timed (the training device)")
     parser.add_argument("--out_config", help="with --param_ratio: where the low-rank config goes "
                         "(default: beside --out, as config.yaml)")
     parser.add_argument("--out", required=True, help="where to write the low-rank state dict")
@@ -191,12 +228,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def convert_by_budget(dense_config, dense_model, param_ratio: float, out, exclude=(), multiple_of: int = 8,
-                      out_config=None, like=None, allocator: str = "energy"):
+                      out_config=None, like=None, allocator: str = "energy", timing: Optional[Timing] = None):
     """``--param_ratio``: write the budgeted low-rank config (``out_config``, by default ``config.yaml``
     beside ``out``) and the dense weights converted into it; returns the config's path,
     :func:`budgeted_config`'s result and :func:`convert`'s rows."""
     config = Path(out_config) if out_config else Path(out).with_name("config.yaml")
-    result = budgeted_config(dense_config, dense_model, param_ratio, config, exclude, multiple_of, like, allocator)
+    result = budgeted_config(dense_config, dense_model, param_ratio, config, exclude, multiple_of, like, allocator,
+                             timing)
     return config, result, convert(dense_config, dense_model, config, out)
 
 
@@ -210,12 +248,16 @@ def run(args: argparse.Namespace) -> None:
         raise InputError("--dense_config is needed, unless --dense_model is a packed asr_model.zip")
     if args.config is None and args.param_ratio is None:
         raise InputError("say what to convert into: --config (its ranks), --param_ratio (ranks by budget), or both")
+    if args.shape_files and args.allocator != "no_slower":
+        raise InputError(f"--shape_files: the batch layers are timed at, for --allocator no_slower only "
+                         f"(not {args.allocator})")
     if args.param_ratio is not None:
         if args.config and args.exclude:
             raise InputError(f"--exclude: with --config {args.config} the config says which layers stay dense")
         config, result, rows = convert_by_budget(dense_config, dense_model, args.param_ratio, args.out, args.exclude,
                                                  args.multiple_of, args.out_config, like=args.config,
-                                                 allocator=args.allocator)
+                                                 allocator=args.allocator,
+                                                 timing=Timing(tuple(args.shape_files), args.time_device))
         print(f"wrote {config}\n{format_ranks(result)}")
     else:
         config, rows = args.config, convert(dense_config, dense_model, args.config, args.out)
