@@ -25,7 +25,7 @@ dense layers, as measured by :mod:`espnet_lowrank.layer_speed`.
 
 import heapq
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -86,13 +86,13 @@ def unit_from_weights(part: str, group: str, block: int, matrices: Sequence[torc
                 sum(m.shape[0] * m.shape[1] for m in matrices), tuple(energy.tolist()), tuple(modules))
 
 
-def choices(unit: Unit, multiple_of: int, slower_from: Optional[int] = None) -> List[Tuple[int, int, float]]:
+def choices(unit: Unit, multiple_of: int, slower: AbstractSet[int] = frozenset()) -> List[Tuple[int, int, float]]:
     """``(rank, parameters, energy kept)`` of each choice of ``unit``, cheapest first: the multiples of
-    ``multiple_of`` below every one of its layers' break-even ranks (and below ``slower_from``, the
-    rank from which it trains slower than dense), then dense (its full rank)."""
+    ``multiple_of`` below every one of its layers' break-even ranks but the ``slower`` ones (those it
+    trains slower at than dense), then dense (its full rank)."""
     ranks = range(multiple_of, unit.full_rank, multiple_of)
-    ceiling = min(unit.break_even, unit.full_rank if slower_from is None else slower_from)
-    factorised = [(rank, unit_params(unit, rank), unit.energy[rank]) for rank in ranks if rank < ceiling]
+    factorised = [(rank, unit_params(unit, rank), unit.energy[rank]) for rank in ranks
+                  if rank < unit.break_even and rank not in slower]
     return [*factorised, (unit.full_rank, unit_params(unit, unit.full_rank), 1.0)]
 
 
@@ -122,21 +122,22 @@ ALLOCATORS = ("energy", "equal_energy", "no_slower")
 
 
 def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8, allocator: str = "energy",
-             slower_from: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
+             slower: Optional[Mapping[str, AbstractSet[int]]] = None) -> Dict[str, int]:
     """Rank per unit name (its full rank where it stays dense): Σ parameters ≤ ``budget``, every unit
     at least at its cheapest choice, energy kept as high as the greedy climbs reach (from the
-    ``allocator``'s starting point). ``no_slower`` needs ``slower_from``: per unit name, the rank from
-    which it trains slower than dense (:func:`espnet_lowrank.layer_speed.slower_from`)."""
+    ``allocator``'s starting point). ``no_slower`` needs ``slower``: per unit name, the ranks it trains
+    slower at than dense (:func:`espnet_lowrank.layer_speed.slower_ranks`)."""
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator {allocator!r} is unknown; choose one of: {', '.join(ALLOCATORS)}")
-    if (allocator == "no_slower") != (slower_from is not None):
-        raise ValueError(f"allocator {allocator!r}: the measured slower_from ranks go with no_slower, and only there")
-    ceilings = slower_from or {}
-    options = {unit.name: choices(unit, step_of(multiple_of, unit), ceilings.get(unit.name)) for unit in units}
+    if (allocator == "no_slower") != (slower is not None):
+        raise ValueError(f"allocator {allocator!r}: the ranks measured slower go with no_slower, and only there")
+    slower = slower or {}
+    options = {unit.name: choices(unit, step_of(multiple_of, unit), slower.get(unit.name, frozenset()))
+               for unit in units}
     position = {unit.name: 0 for unit in units}
     spent = sum(options[unit.name][0][1] for unit in units)
     if spent > budget:
-        slow = [unit.name for unit in units if ceilings.get(unit.name, unit.full_rank) <= step_of(multiple_of, unit)]
+        slow = [unit.name for unit in units if len(options[unit.name]) == 1 and slower.get(unit.name)]
         why = (f"; {', '.join(slow)} train slower than dense at every rank here, so no_slower keeps them dense: "
                f"try --allocator energy" if slow else "")
         raise ValueError(f"the budget leaves {budget:,} parameters for the factorised layers, but the cheapest "

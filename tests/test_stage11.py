@@ -228,7 +228,7 @@ def test_no_slower_times_the_layers_at_the_recipes_own_batch(tmp_path, monkeypat
     plan(fast)[1].run()
     assert {shape[0] for shape in seen} == {2}  # batch_size 2, not the uniform 12 s default
     assert Path("exp/asr_x/dense_warmup/lowrank_config.yaml").exists()
-    assert "trains slower than dense from rank" in (warmup / "convert.log").read_text()
+    assert "trains slower than dense at ranks" in (warmup / "convert.log").read_text()
 
 
 @pytest.mark.parametrize("options, message", [

@@ -90,7 +90,7 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
                     timing: Optional["Timing"] = None) -> Dict:
     """Write the low-rank config whose ranks spend ``param_ratio`` of the dense model's parameters
     (:mod:`espnet_lowrank.budget`); returns the ranks and the parameter counts (and, with the
-    ``no_slower`` allocator, the rank from which each unit trained slower than dense: ``timing`` says
+    ``no_slower`` allocator, the ranks at which each unit trained slower than dense: ``timing`` says
     where and on which batch it is measured).
 
     With ``like`` (a low-rank training YAML), the budget factorises only the layers that config
@@ -128,7 +128,7 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
         timing = timing or Timing()
         shapes = layer_speed.recipe_inputs(model, read_config(dense_config), [m for unit in units for m in unit.modules],
                                            timing.shape_files)
-        slower = layer_speed.slower_from(model, units, shapes, multiple_of, timing.probe(values))
+        slower = layer_speed.slower_ranks(model, units, shapes, multiple_of, timing.probe(values))
     ranks = budget.allocate(units, target - fixed, multiple_of, allocator, slower)
     num_blocks = {"encoder": len(model.encoder.encoders), "decoder": len(model.decoder.decoders)}
     for part, settings in budget.lowrank_settings(units, ranks, multiple_of, num_blocks).items():
@@ -143,7 +143,8 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     partial.write_text(yaml.safe_dump(values, sort_keys=False))
     partial.replace(out_config)
     return {"ranks": ranks, "units": units, "dense_params": dense_params, "target_params": target,
-            "params": fixed + budget.factorised_params(units, ranks), "slower_from": slower}
+            "params": fixed + budget.factorised_params(units, ranks), "slower": slower,
+            "steps": {unit.name: budget.step_of(multiple_of, unit) for unit in units}}
 
 
 @dataclass(frozen=True)
@@ -178,16 +179,27 @@ def format_ranks(result: Dict) -> str:
         shown = "dense" if rank == unit.full_rank else f"{rank} ({unit.energy[rank]:.2f})"
         by_group.setdefault(f"{unit.part}.{unit.group}", []).append(shown)
     lines += [f"{group:28} {' '.join(ranks)}" for group, ranks in by_group.items()]
-    if result.get("slower_from"):
+    if result.get("slower") is not None:
         slower: Dict[str, List[str]] = {}
         for unit in result["units"]:
-            rank = result["slower_from"][unit.name]
-            slower.setdefault(unit.group_name, []).append("-" if rank == unit.full_rank else str(rank))
-        lines.append("trains slower than dense from rank (-: at no rank below break-even):")
+            spans = _spans(result["slower"][unit.name], result["steps"][unit.name])
+            slower.setdefault(unit.group_name, []).append(spans or "-")
+        lines.append("trains slower than dense at ranks (by block; -: at none below break-even):")
         lines += [f"{group:28} {' '.join(ranks)}" for group, ranks in slower.items()]
     lines.append(f"parameters: {result['params']:,} = {result['params'] / result['dense_params']:.3f} of the dense "
                  f"{result['dense_params']:,} (asked: {result['target_params'] / result['dense_params']:.3f})")
     return "\n".join(lines)
+
+
+def _spans(ranks, step: int) -> str:
+    """``8,16,24,104`` as ``8-24,104`` (``step`` 8): runs of consecutive ranks as spans."""
+    spans: List[List[int]] = []
+    for rank in sorted(ranks):
+        if spans and rank - spans[-1][1] == step:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def format_energy(rows: List[Dict]) -> str:
