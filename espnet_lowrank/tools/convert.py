@@ -99,11 +99,12 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     but ``exclude`` is budgeted, in multiples of ``multiple_of``."""
     if not 0 < param_ratio < 1:
         raise InputError(f"--param_ratio {param_ratio}: the low-rank model's size relative to the dense one, in (0, 1)")
-    values = read_config(dense_config)
+    dense_values = read_config(dense_config)  # the run's own: its batch and precision are the ones timed
     for part, (parent, ours) in BUDGET_TWINS.items():
-        if values.get(part) != parent:
-            raise InputError(f"{dense_config}: {part}: {values.get(part)!r}; a budget converts a dense "
+        if dense_values.get(part) != parent:
+            raise InputError(f"{dense_config}: {part}: {dense_values.get(part)!r}; a budget converts a dense "
                              f"{part}: {parent} (into {ours})")
+    values = dict(dense_values)
     model = build_model(dense_config)
     state = load_weights(dense_model)
     units = budget.budget_units(model, state, exclude)
@@ -126,9 +127,9 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
     slower = None
     if allocator == "no_slower":
         timing = timing or Timing()
-        shapes = layer_speed.recipe_inputs(model, read_config(dense_config), [m for unit in units for m in unit.modules],
+        shapes = layer_speed.recipe_inputs(model, dense_values, [m for unit in units for m in unit.modules],
                                            timing.shape_files)
-        slower = layer_speed.slower_ranks(model, units, shapes, multiple_of, timing.probe(values))
+        slower = layer_speed.slower_ranks(model, units, shapes, multiple_of, timing.probe(dense_values))
     ranks = budget.allocate(units, target - fixed, multiple_of, allocator, slower)
     num_blocks = {"encoder": len(model.encoder.encoders), "decoder": len(model.decoder.decoders)}
     for part, settings in budget.lowrank_settings(units, ranks, multiple_of, num_blocks).items():
@@ -229,7 +230,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "recipe's batch)")
     parser.add_argument("--shape_files", nargs=2, default=(), metavar=("SPEECH_SHAPE", "TEXT_SHAPE"),
                         help="with --allocator no_slower: the recipe's exp/asr_stats_*/train/speech_shape and "
-                        "text_shape.<token_type>, whose batch (the dense config's batch_bins) the layers are "
+                        "text_shape.<token_type>, whose batch (as the dense config's sampler makes it) the layers are "
                         "timed at (default: uniform 12 s utterances)")
     parser.add_argument("--time_device", choices=["cpu", "cuda"], default=Timing.device,
                         help="with --allocator no_slower: where the layers are timed (the training device)")
