@@ -1,13 +1,11 @@
 """Low-rank (W = U·V) Conformer training for ESPnet.
 
 Importing the package registers ``encoder: lowrank_conformer``, ``encoder: lowrank_e_branchformer`` and
-``decoder: lowrank_transformer`` in ESPnet's ASR task (when ESPnet's task
-module loads, so importing us stays cheap).
+``decoder: lowrank_transformer`` in ESPnet's ASR task when ESPnet's task module loads, so importing us stays
+cheap. An installed package does so in every process without the import (``espnet_lowrank.pth``).
 """
 
-import importlib
-
-from espnet_lowrank.register import register, register_when_espnet_loads
+from espnet_lowrank.registration import register, register_when_espnet_loads
 
 _LAZY = {
     "LowRankLinear": "espnet_lowrank.layers",
@@ -23,6 +21,8 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
+        import importlib
+
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'espnet_lowrank' has no attribute {name!r}")
 

@@ -28,6 +28,15 @@ def asr_task():
     return ASRTask
 
 
+def training_parser() -> argparse.ArgumentParser:
+    """ESPnet's ASR training parser with our training options, which every config of ours may set."""
+    from espnet_lowrank.training_extras import add_options
+
+    parser = asr_task().get_parser()
+    add_options(parser)
+    return parser
+
+
 def read_token_list(path: Union[str, Path]) -> List[str]:
     path = Path(path)
     if not path.is_file():
@@ -47,7 +56,7 @@ def config_args(
     ``vocab_size`` placeholder tokens, or from the config's own
     ``token_list`` (a file, or the list a saved config holds), in that order."""
     values = read_config(config)
-    parser = asr_task().get_parser()
+    parser = training_parser()
     known = {action.dest for action in parser._actions if action.option_strings}
     # A saved config.yaml also records bookkeeping the parser refuses as
     # options (its defaults such as ``required``, and what ESPnet's main adds);
@@ -84,7 +93,7 @@ def appended_options() -> frozenset:
     append action starts from the defaults the config set): data and shape files, fold lengths. run.sh
     passes them itself, so a config that sets them too (a saved ``config.yaml``) would train on its
     data twice."""
-    parser = asr_task().get_parser()
+    parser = training_parser()
     return frozenset(action.dest for action in parser._actions if isinstance(action, argparse._AppendAction))
 
 
@@ -92,7 +101,7 @@ def training_options(values: Mapping[str, Any]) -> dict:
     """A config's options as a training YAML may give them: the saved bookkeeping asr_train refuses
     from a file (``required``, ``version``) and the options it appends to (:func:`appended_options`)
     left out."""
-    parser = asr_task().get_parser()
+    parser = training_parser()
     known = {action.dest for action in parser._actions if action.option_strings} - appended_options()
     return {key: value for key, value in values.items() if key in known}
 

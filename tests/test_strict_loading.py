@@ -1,5 +1,6 @@
-"""Every model ESPnet's ASR task builds refuses a checkpoint that does not fit
-it, dense configs included; ESPnet's documented partial loading still works."""
+"""A model of our classes refuses a checkpoint that does not fit it, and so does every model our entry
+points build, dense ones too; a dense model elsewhere loads as stock ESPnet loads it; ESPnet's
+documented partial loading still works."""
 
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from espnet2.torch_utils.load_pretrained_model import load_pretrained_model
 
+from espnet_lowrank import registration
 from espnet_lowrank.model_config import build_model
 from espnet_lowrank.strict_loading import SHOWN_KEYS, mismatch_message
 
@@ -17,7 +19,14 @@ def _model(config: str):
     return build_model(TINY / config, vocab_size=20)
 
 
-def test_dense_model_refuses_a_low_rank_checkpoint_even_when_not_strict():
+@pytest.fixture
+def our_entry_point(monkeypatch):
+    """This process as our asr_train or asr_inference: what registration adds applies to every model."""
+    monkeypatch.setattr(registration, "_every_model", False)
+    registration.for_every_model()
+
+
+def test_in_our_entry_points_a_dense_model_refuses_a_low_rank_checkpoint_even_when_not_strict(our_entry_point):
     checkpoint = _model("tiny_lowrank.yaml").state_dict()
     dense = _model("tiny_dense.yaml")
     with pytest.raises(RuntimeError) as error:
@@ -28,6 +37,15 @@ def test_dense_model_refuses_a_low_rank_checkpoint_even_when_not_strict():
     assert "missing keys [decoder.decoders.0.feed_forward.w_1.weight" in message
     assert "unexpected keys [decoder.decoders.0.feed_forward.w_1.U" in message
     assert "(31 in all)" in message and "(62 in all)" in message  # counted, not all listed
+
+
+def test_elsewhere_a_dense_model_loads_what_fits_as_stock_espnet_does():
+    checkpoint = _model("tiny_lowrank.yaml").state_dict()
+    dense = _model("tiny_dense.yaml")
+    result = dense.load_state_dict(checkpoint, strict=False)
+    assert "decoder.decoders.0.feed_forward.w_1.weight" in result.missing_keys
+    assert "decoder.decoders.0.feed_forward.w_1.U" in result.unexpected_keys
+    assert torch.equal(dense.ctc.ctc_lo.weight, checkpoint["ctc.ctc_lo.weight"])
 
 
 def test_low_rank_model_keeps_its_more_precise_message():
@@ -53,7 +71,7 @@ def test_a_strict_load_is_refused_as_before():
         _model("tiny_dense.yaml").load_state_dict(checkpoint)
 
 
-def test_a_missing_key_alone_is_refused():
+def test_a_missing_key_alone_is_refused(our_entry_point):
     dense = _model("tiny_dense.yaml")
     checkpoint = dense.state_dict()
     del checkpoint["ctc.ctc_lo.bias"]

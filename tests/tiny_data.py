@@ -32,10 +32,12 @@ def write_tiny_data(root: Path, count: int = 6, rate: int = 16000) -> dict:
     return {"dir": root, "tokens": root / "tokens.txt", "wav": root / "utt00.wav"}
 
 
-def train_command(python: str, config: Path, data: dict, output_dir: Path) -> list:
+def train_command(python: str, config: Path, data: dict, output_dir: Path,
+                  module: str = "espnet_lowrank.bin.asr_train") -> list:
+    """An ``asr_train`` command (ours, or stock ESPnet's ``espnet2.bin.asr_train``) for one epoch on ``data``."""
     d = data["dir"]
     return [
-        python, "-m", "espnet_lowrank.bin.asr_train",
+        python, "-m", module,
         "--config", str(config), "--output_dir", str(output_dir),
         "--token_type", "char", "--token_list", str(data["tokens"]),
         "--train_data_path_and_name_and_type", f"{d}/wav.scp,speech,sound",

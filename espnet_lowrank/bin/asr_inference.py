@@ -1,8 +1,8 @@
-"""``python -m espnet_lowrank.bin.asr_inference``: ESPnet's ``asr_inference``
-with the low-rank classes registered; every option is ESPnet's own. Audio the
-model cannot recognise (no samples, several channels, another sample rate than
-its frontend's, broken or NaN samples) stops it in one line naming the
-utterance, before the model loads."""
+"""``python -m espnet_lowrank.bin.asr_inference``: ESPnet's ``asr_inference``,
+every model it loads refusing a checkpoint that does not fit (dense ones too);
+every option is ESPnet's own. Audio the model cannot recognise (no samples,
+several channels, another sample rate than its frontend's, broken or NaN
+samples) stops it in one line naming the utterance, before the model loads."""
 
 import sys
 from pathlib import Path
@@ -10,13 +10,15 @@ from typing import Sequence
 
 import torch
 import yaml
-
-import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
 from espnet2.bin.asr_inference import main
 
+from espnet_lowrank import registration
+from espnet_lowrank.command_line import command_line_values
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.speech_input import check_audio_files
-from espnet_lowrank.stages.train_options import command_line_values
+
+registration.for_every_model()  # a dense config with a low-rank checkpoint is refused here too
+registration.register()
 
 
 def check_inputs(argv: Sequence[str]) -> None:

@@ -1,11 +1,11 @@
-"""``python -m espnet_lowrank.bin.asr_train``: ESPnet's ``asr_train`` with the
-low-rank classes registered, crash-safe checkpoints
-(:mod:`espnet_lowrank.checkpoints`), under torchrun a check that every rank
-ends with the same weights, a stop for a diverged training
-(``--stop_after_nonfinite_steps``, :mod:`espnet_lowrank.divergence`), and two
-training options of ours besides ESPnet's: ``--compile``
-(:mod:`espnet_lowrank.compiling`) and ``--lowrank_recompute``
-(:mod:`espnet_lowrank.recompute`)."""
+"""``python -m espnet_lowrank.bin.asr_train``: ESPnet's ``asr_train``, with
+what registration gives a training of our classes (our three training options,
+crash-safe checkpoints, a one-line stop for a diverged training:
+:mod:`espnet_lowrank.training_extras`) given to every training it runs, dense
+ones too (the recipe's dense warm-up), and what only a run.sh training needs:
+checkpoints recovered once before ESPnet starts (before any process of a
+multi-process training), under torchrun a check that every rank ends with the
+same weights, and the threads and compiled graphs in the log."""
 
 import hashlib
 import os
@@ -14,42 +14,18 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-
-import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
 from espnet2.bin.asr_train import main
-from espnet2.tasks.asr import ASRTask
 
-from espnet_lowrank import divergence
-from espnet_lowrank.checkpoints import install_atomic_save, recover_checkpoint
-from espnet_lowrank.compiling import compile_blocks, graphs_compiled
+from espnet_lowrank import registration, training_extras
+from espnet_lowrank.checkpoints import recover_checkpoint
+from espnet_lowrank.command_line import command_line_value
+from espnet_lowrank.compiling import graphs_compiled
 from espnet_lowrank.errors import one_line_errors
-from espnet_lowrank.recompute import set_recompute
-from espnet_lowrank.stages.train_options import command_line_value
 
-
-
-def _building_for_training(build_model):
-    """``ASRTask.build_model`` that applies our training options to the model
-    it builds (here only: decoding builds models through ESPnet's own)."""
-
-    def build_for_training(cls, args):
-        model = build_model(cls, args)
-        if getattr(args, "lowrank_recompute", False):
-            print(f"asr_train: {set_recompute(model, True)} factorised layers recompute V·x in the backward pass",
-                  file=sys.stderr, flush=True)
-        if getattr(args, "compile", False) and not getattr(args, "collect_stats", False):
-            compile_blocks(model)
-            _building_for_training.compiling = True
-        if getattr(args, "stop_after_nonfinite_steps", 0) > 0 and not getattr(args, "collect_stats", False):
-            divergence.install(model, Path(args.output_dir), args.stop_after_nonfinite_steps)
-        return model
-
-    return classmethod(build_for_training)
-
-
-# at import, so the processes ESPnet spawns for DDP save atomically and build as we do too
-install_atomic_save()
-ASRTask.build_model = _building_for_training(ASRTask.build_model.__func__)
+# at import, so the processes ESPnet spawns for DDP build as we do too; a registration that failed quietly
+# when ESPnet loaded fails here, loudly
+registration.for_every_model()
+registration.register()
 
 
 @one_line_errors
@@ -96,11 +72,8 @@ if __name__ == "__main__":
     prepare_resume(sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.nn.parallel.DistributedDataParallel = _RecordedDDP
-    try:
-        main()
-    except divergence.TrainingDiverged as error:  # one line, naming the last good checkpoint
-        sys.exit(f"ERROR: {error}")
-    if getattr(_building_for_training, "compiling", False):
+    main()
+    if training_extras.compiling:
         print(f"asr_train: torch.compile built {graphs_compiled()} graphs in this process", file=sys.stderr)
     check_ranks_agree()
     if torch.distributed.is_initialized():

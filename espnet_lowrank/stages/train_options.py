@@ -4,31 +4,15 @@ default; and the checks a multi-process training needs before it starts."""
 
 import shlex
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any
 
+from espnet_lowrank.command_line import command_line_value
 from espnet_lowrank.model_config import read_config
 from espnet_lowrank.stages import StageError
 
 #: ESPnet batch types whose every batch holds ``batch_size`` utterances (the
 #: last may hold fewer), split rank by rank.
 COUNTED_BATCHES = ("unsorted", "sorted")
-
-
-def command_line_values(argv: Sequence[str], name: str) -> List[str]:
-    """Every value of ``--name value`` / ``--name=value`` in ``argv``, in order."""
-    values = []
-    for index, word in enumerate(argv):
-        if word == f"--{name}" and index + 1 < len(argv):
-            values.append(argv[index + 1])
-        elif word.startswith(f"--{name}="):
-            values.append(word.split("=", 1)[1])
-    return values
-
-
-def command_line_value(argv: Sequence[str], name: str) -> Optional[str]:
-    """The last value of ``--name value`` / ``--name=value`` in ``argv``."""
-    values = command_line_values(argv, name)
-    return values[-1] if values else None
 
 
 def train_option(config: Path, asr_args: str, name: str) -> Any:

@@ -28,7 +28,7 @@ from espnet_lowrank.cli import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, count_parameters, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.model_files import load_weights
-from espnet_lowrank.register import TRAINING_OPTIONS
+from espnet_lowrank import training_extras
 from espnet_lowrank.surgery import merge_low_rank
 
 #: the largest difference between the outputs of the two models that is float rounding
@@ -68,7 +68,7 @@ def merge(config, model_file, out_dir, pack=None) -> Dict[str, object]:
 
     stock_values = dense_twin(values)
     stock_values["config"] = None  # the low-rank YAML the run was started from
-    for option in TRAINING_OPTIONS:  # ours: stock ESPnet's parser would refuse them
+    for option in training_extras.NAMES:  # ours: stock ESPnet's parser would refuse them
         stock_values.pop(option, None)
     with tempfile.TemporaryDirectory() as tmp:
         stock_config = Path(tmp) / "config.yaml"

@@ -1,0 +1,78 @@
+"""What our training adds to ESPnet's trainer, whichever door starts it.
+
+Registration (:mod:`espnet_lowrank.registration`) brings these to every training
+of a model that uses our classes (stock ``espnet2.bin.asr_train`` included)
+and to every training our own ``asr_train`` runs, dense warm-ups too:
+
+* three options ESPnet lacks (:data:`OPTIONS`), so they are in the parser,
+  ``--print_config`` and the run's ``config.yaml``;
+* crash-safe checkpoints (:mod:`espnet_lowrank.checkpoints`);
+* a stop, in one line, for a training whose loss stays non-finite
+  (:mod:`espnet_lowrank.divergence`).
+
+Only a training acts on the options: a model built to decode (``Speech2Text``
+reads them from ``config.yaml`` too) is neither compiled nor guarded.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from espnet_lowrank import divergence
+from espnet_lowrank.checkpoints import install_atomic_save, recover_checkpoint
+
+#: name, type, default and help of each option; the type is the name of one of ESPnet's argument types
+OPTIONS = (
+    ("compile", "str2bool", False,
+     "torch.compile every encoder and decoder block (dynamic shapes); checkpoints keep their keys"),
+    ("lowrank_recompute", "str2bool", False,
+     "factorised layers keep only their input for the backward pass and recompute V·x there: "
+     "no more activation memory than dense"),
+    ("stop_after_nonfinite_steps", "int", divergence.DEFAULT_LIMIT,
+     "end the training, naming the last good checkpoint, after this many training steps in a row with a "
+     "non-finite loss (0: never)"),
+)
+NAMES = tuple(name for name, *_ in OPTIONS)
+
+#: whether this process has compiled a model for training (its entry point reports the graphs built)
+compiling = False
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Our options in ``parser`` (once, however often it is called)."""
+    from espnet2.utils.types import str2bool
+
+    if f"--{NAMES[0]}" in parser._option_string_actions:
+        return
+    types = {"str2bool": str2bool, "int": int}
+    group = parser.add_argument_group("espnet-lowrank training")
+    for name, kind, default, help in OPTIONS:
+        group.add_argument(f"--{name}", type=types[kind], default=default, help=help)
+
+
+def start_worker(args: argparse.Namespace, recover: bool) -> None:
+    """Before a training process builds anything: checkpoints are saved whole or not at all, and with
+    ``recover`` a resumed single-process run first falls back from a damaged ``checkpoint.pth``
+    (a distributed run recovers once, before its processes start: ``python -m espnet_lowrank.checkpoints``)."""
+    install_atomic_save()
+    if recover and args.resume and not args.distributed:
+        recover_checkpoint(Path(args.output_dir))
+
+
+def prepare_model(model, args: argparse.Namespace) -> None:
+    """Apply the options to the model a training has just built."""
+    global compiling
+
+    if getattr(args, "lowrank_recompute", False):
+        from espnet_lowrank.recompute import set_recompute
+
+        print(f"asr_train: {set_recompute(model, True)} factorised layers recompute V·x in the backward pass",
+              file=sys.stderr, flush=True)
+    if getattr(args, "compile", False):
+        from espnet_lowrank.compiling import compile_blocks
+
+        compile_blocks(model)
+        compiling = True
+    limit = getattr(args, "stop_after_nonfinite_steps", divergence.DEFAULT_LIMIT)
+    if limit > 0:
+        divergence.install(model, Path(args.output_dir), limit)
