@@ -1,4 +1,25 @@
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+#: site.py runs it in every interpreter: ESPnet learns our classes with no import by the user
+STARTUP_HOOK = "espnet_lowrank.pth"
+
+
+class build_py_with_startup_hook(build_py):
+    """Also puts :data:`STARTUP_HOOK` at the top of what is installed (site-packages itself): a wheel
+    takes it from the build dir; an editable install (PEP 660) builds elsewhere and installs the
+    unpacked wheel that ``install_lib`` names, so it goes there."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            target = self.get_finalized_command("install").install_lib
+        else:
+            target = self.build_lib
+        self.copy_file(STARTUP_HOOK, os.path.join(target, STARTUP_HOOK), preserve_mode=False)
+
 
 setup(
     name="espnet-lowrank",
@@ -33,5 +54,6 @@ setup(
         "editdistance",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
+    cmdclass={"build_py": build_py_with_startup_hook},
     entry_points={"console_scripts": ["espnet-lowrank=espnet_lowrank.cli:main"]},
 )
