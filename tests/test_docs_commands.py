@@ -7,7 +7,13 @@ least parsed by the program it calls, and each ```python block compiles.
   ``exp/``) are stood in for;
 - ``espnet-lowrank ...`` and ``python -m <a command's module>`` are parsed by the command's own parser,
   and every ``conf/...yaml`` they name exists;
-- ``python -m espnet_lowrank.bin.asr_train ...`` is parsed by ESPnet's own parser;
+- ``python -m espnet_lowrank.bin.asr_train ...`` is parsed by ESPnet's own parser; ``python -m
+  espnet2.bin.asr_train ... --print_config`` runs, stock, in a fresh interpreter;
+- ``./asr.sh ...`` (ESPnet's recipe script, which needs Kaldi's tools and is not here) is checked as far as
+  it runs here: the options its training stage gives stock ``espnet2.bin.asr_train`` (``--asr_config``,
+  ``--asr_args``, ``--pretrained_model``) are parsed by it, stock, in a fresh interpreter;
+- ``python -m espnet_lowrank.checkpoints EXP`` runs on an empty experiment dir; ``python dev/<script>.py
+  ...`` (development harness, run from a checkout) is parsed by the script's own parser;
 - ``make TARGET`` is dry-run (``make -n``), shell scripts and file commands are syntax-checked (``bash -n``).
 
 A command that none of these covers fails the test, naming it.
@@ -105,6 +111,29 @@ def dry_run(words: List[str], cwd: Path, tmp_path: Path) -> None:
     assert re.search(r"^cd .* && ", result.stdout, flags=re.M), result.stdout
 
 
+def stock_asr_train_accepts(options: List[str], cwd: Path) -> None:
+    """Stock ESPnet's ``asr_train`` (the plugin registered by its start-up hook alone) takes ``options``."""
+    result = subprocess.run([sys.executable, "-m", "espnet2.bin.asr_train", *options, "--print_config"],
+                            cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+#: how ESPnet's asr.sh stage 11 hands its options to espnet2.bin.asr_train
+ASR_SH_TRAINING = {"--asr_config": "--config", "--pretrained_model": "--init_param"}
+
+
+def asr_sh_training_options(words: List[str]) -> List[str]:
+    """The ``asr_train`` options ESPnet's asr.sh gives its training stage for these asr.sh options."""
+    assert len(words) % 2 == 1, f"asr.sh takes options in pairs: {words}"
+    options = []
+    for name, value in zip(words[1::2], words[2::2]):
+        if name in ASR_SH_TRAINING:
+            options += [ASR_SH_TRAINING[name], value]
+        elif name == "--asr_args":
+            options += shlex.split(value)
+    return options
+
+
 @pytest.mark.parametrize("where, cwd, line", COMMAND_LINES, ids=[where for where, _, _ in COMMAND_LINES])
 def test_a_command_of_the_docs_works_as_written(where, cwd, line, tmp_path):
     words = program(shlex.split(line, comments=True))
@@ -121,6 +150,19 @@ def test_a_command_of_the_docs_works_as_written(where, cwd, line, tmp_path):
         check_configs_exist(words, cwd)
         options = [word for word in words[3:] if word not in ("--print_config", "--help")]
         asr_task().get_parser().parse_args(options)
+    elif words[:3] == ["python", "-m", "espnet2.bin.asr_train"]:
+        check_configs_exist(words, cwd)
+        stock_asr_train_accepts([word for word in words[3:] if word != "--print_config"], cwd)
+    elif name == "./asr.sh":
+        check_configs_exist(words, ROOT)  # the configs a user copies into their recipe
+        stock_asr_train_accepts(asr_sh_training_options(words), ROOT)
+    elif words[0] == "python" and words[1].startswith("dev/"):
+        result = subprocess.run([sys.executable, *words[1:], "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+    elif words[:3] == ["python", "-m", "espnet_lowrank.checkpoints"]:
+        (tmp_path / words[3]).mkdir(parents=True)
+        result = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
     elif words[:3] == ["python", "-m", "espnet_lowrank.bin.asr_inference"]:
         assert words[3:] == ["--help"] and (ROOT / "espnet_lowrank" / "bin" / "asr_inference.py").is_file()
     elif name == "make":
