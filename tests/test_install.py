@@ -27,12 +27,13 @@ def site_packages(python: Path) -> Path:
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory):
     """A new venv with this project's wheel installed, borrowing torch, ESPnet and the rest from the test's
-    own venv (its site-packages on the path, and its start-up files but ours), so nothing is downloaded."""
+    own venv (its site-packages on the path, and its start-up files but ours). pip builds the wheel as it
+    does for a user, in a build environment of its own (setuptools and wheel from PyPI or pip's cache)."""
     root = tmp_path_factory.mktemp("install")
     source = root / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
         ".git", ".venv*", "__pycache__", "build", "*.egg-info", "exp", "dump", "data", "downloads"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(root / "dist"), str(source)], check=True, capture_output=True)
     python = root / "venv" / "bin" / "python"
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
