@@ -46,7 +46,7 @@ def main() -> None:
         starts["on"].append(start_ms(python, on))
         starts["off"].append(start_ms(python, off))
     assert imports_us(python, off) == 0, "the hook ran although switched off"
-    print(f"| `-X importtime`: espnet_lowrank and its imports | `python -c pass`, hook on | hook off | difference |")
+    print("| `-X importtime`: espnet_lowrank and its imports | `python -c pass`, hook on | hook off | difference |")
     print("|---|---|---|---|")
     on_ms, off_ms = statistics.median(starts["on"]), statistics.median(starts["off"])
     print(f"| {statistics.median(hook_us) / 1e3:.1f} ms | {on_ms:.1f} ms | {off_ms:.1f} ms | {on_ms - off_ms:+.1f} ms |")

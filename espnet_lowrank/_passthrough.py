@@ -9,6 +9,8 @@ not know is dropped while it has its default, and refused otherwise.
 import inspect
 from typing import Any, Callable, Dict
 
+from espnet_lowrank.errors import InputError
+
 
 def parent_kwargs(
     parent_init: Callable, own_init: Callable, local_values: Dict[str, Any], conf_name: str
@@ -25,7 +27,7 @@ def parent_kwargs(
         if name in accepted:
             kwargs[name] = value
         elif value != defaults[name].default:
-            raise ValueError(
+            raise InputError(
                 f"{conf_name}.{name}={value!r} is not supported by the installed ESPnet "
                 f"({_espnet_version()}); leave it at {defaults[name].default!r} or upgrade ESPnet"
             )

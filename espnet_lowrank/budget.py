@@ -30,6 +30,7 @@ from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple, 
 import torch
 from torch import nn
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.rank_mapping import break_even_rank
 
 
@@ -128,7 +129,7 @@ def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8, al
     ``allocator``'s starting point). ``no_slower`` needs ``slower``: per unit name, the ranks it trains
     slower at than dense (:func:`espnet_lowrank.layer_speed.slower_ranks`)."""
     if allocator not in ALLOCATORS:
-        raise ValueError(f"allocator {allocator!r} is unknown; choose one of: {', '.join(ALLOCATORS)}")
+        raise InputError(f"allocator {allocator!r} is unknown; choose one of: {', '.join(ALLOCATORS)}")
     if (allocator == "no_slower") != (slower is not None):
         raise ValueError(f"allocator {allocator!r}: the ranks measured slower go with no_slower, and only there")
     slower = slower or {}
@@ -140,7 +141,7 @@ def allocate(units: Sequence[Unit], budget: int, multiple_of: MultipleOf = 8, al
         slow = [unit.name for unit in units if len(options[unit.name]) == 1 and slower.get(unit.name)]
         why = (f"; {', '.join(slow)} train slower than dense at every rank here, so no_slower keeps them dense: "
                f"try --allocator energy" if slow else "")
-        raise ValueError(f"the budget leaves {budget:,} parameters for the factorised layers, but the cheapest "
+        raise InputError(f"the budget leaves {budget:,} parameters for the factorised layers, but the cheapest "
                          f"choice everywhere (the smallest multiple_of rank, or dense where that is not smaller) "
                          f"already needs {spent:,}: ask for a larger --param_ratio{why}")
     if allocator == "equal_energy":
@@ -204,7 +205,7 @@ def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor]
     known_blocks = [f"{prefix}.{index}" for prefix, modules in blocks.values() for index in range(len(modules))]
     for name in exclude:
         if name not in known and name not in known_blocks:
-            raise ValueError(f"--exclude {name} is neither a layer group ({', '.join(known)}) nor a block "
+            raise InputError(f"--exclude {name} is neither a layer group ({', '.join(known)}) nor a block "
                              f"({known_blocks[0]} ... {known_blocks[-1]})")
     units = []
     for part, part_groups in groups.items():

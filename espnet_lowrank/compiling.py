@@ -17,6 +17,8 @@ from typing import List
 
 import torch
 
+from espnet_lowrank.errors import InputError
+
 #: the containers of blocks in ESPnet's encoders and decoders (Conformer,
 #: E-Branchformer, Transformer, and ours)
 BLOCK_CONTAINERS = ("encoder.encoders", "decoder.decoders")
@@ -42,7 +44,7 @@ def compile_blocks(model: torch.nn.Module) -> List[str]:
             block.compile(dynamic=True)
         compiled.append(f"{path} ({len(container)} blocks)")
     if not compiled:
-        raise ValueError(
+        raise InputError(
             f"compile: {type(model).__name__} has none of {', '.join(BLOCK_CONTAINERS)} to compile "
             f"(its encoder is {type(getattr(model, 'encoder', None)).__name__})"
         )

@@ -44,7 +44,7 @@ class DivergenceGuard:
 
     def __init__(self, output_dir: Path, limit: int = DEFAULT_LIMIT):
         if limit < 1:
-            raise ValueError(f"--stop_after_nonfinite_steps {limit}: give 1 or more (0 turns the guard off)")
+            raise InputError(f"--stop_after_nonfinite_steps {limit}: give 1 or more (0 turns the guard off)")
         self.output_dir = Path(output_dir)
         self.limit = limit
         self.epoch: Optional[int] = None

@@ -1,5 +1,6 @@
-"""Expected failures (bad input, a missing file, a bad option) end a command
-with one line; only real bugs print a traceback.
+"""A user's mistake (bad input, a missing file, a bad option or value) is an
+:class:`InputError` and ends a command with one line; anything else is a bug
+and keeps its traceback, whatever its type.
 
 Every command-line entry point wraps its ``main`` in :func:`one_line_errors`.
 ``ESPNET_LOWRANK_VERBOSE=1`` (run.sh ``--verbose true``) brings tracebacks
@@ -12,11 +13,6 @@ import functools
 import os
 import signal
 import sys
-
-#: What bad input raises in this project: each message names the offending
-#: option, key, file or value. Anything else is a bug and keeps its traceback.
-EXPECTED = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, KeyError)
-
 
 #: A full disk or an exhausted quota: not a bug, and the same command goes on once space is freed.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -50,9 +46,10 @@ def nearly_full(directory) -> bool:
     return status.f_bavail * status.f_frsize < (1 << 20)
 
 
-class InputError(Exception):
-    """Bad input to a stage or tool; the message names the stage, file,
-    option or utterance it is about."""
+class InputError(ValueError):
+    """A user's mistake: bad input to a stage, tool or model option, or a file the user named that is
+    missing; the message names the stage, file, option, value or utterance it is about. (A ValueError, as
+    what a caller passed is wrong; a ValueError of any other kind is a bug.)"""
 
 
 def leave_ctrl_c_to_the_parent() -> None:
@@ -70,11 +67,10 @@ def one_line_errors(main):
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except (InputError, *EXPECTED) as error:
+        except InputError as error:
             if verbose():
                 raise
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            sys.exit(f"ERROR: {message}")
+            sys.exit(f"ERROR: {error}")
         except OSError as error:
             if error.errno not in DISK_FULL or verbose():
                 raise

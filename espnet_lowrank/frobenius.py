@@ -15,6 +15,7 @@ YAML (``encoder_conf`` and/or ``decoder_conf``)::
 import torch
 from torch import nn
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.layers import LowRankLinear
 from espnet_lowrank.surgery import layers_to
 from espnet_lowrank.validation import is_number
@@ -59,7 +60,7 @@ def add_frobenius_decay(layer: LowRankLinear, decay: float) -> None:
 def apply_frobenius_decay(model: nn.Module, decay: float, key: str) -> None:
     """Give every factor pair of ``model`` Frobenius decay ``decay`` (0 turns it off)."""
     if not is_number(decay) or decay < 0:
-        raise ValueError(f"{key}={decay!r}: must be a number ≥ 0 (0 turns it off)")
+        raise InputError(f"{key}={decay!r}: must be a number ≥ 0 (0 turns it off)")
     if decay != 0:
         for layer in layers_to(model, key, "decay"):
             add_frobenius_decay(layer, decay)

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.layers import LowRankLinear, spectral_factors
 from espnet_lowrank.surgery import layers_to
 from espnet_lowrank.validation import check_choice
@@ -172,13 +173,13 @@ def check_guide_conf(conf: Any, key: str) -> Optional[Mapping[str, Any]]:
     if conf is None:
         return None
     if not isinstance(conf, Mapping):
-        raise ValueError(f"{key}={conf!r}: expected {{steps: N, schedule: cosine|linear}} or null")
+        raise InputError(f"{key}={conf!r}: expected {{steps: N, schedule: cosine|linear}} or null")
     for name in conf:
         if name not in ("steps", "schedule"):
-            raise ValueError(f"{key}.{name} is not an option of the guide; it takes steps, schedule")
+            raise InputError(f"{key}.{name} is not an option of the guide; it takes steps, schedule")
     steps = conf.get("steps")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{key}.steps={steps!r}: the number of training batches, an integer ≥ 1")
+        raise InputError(f"{key}.steps={steps!r}: the number of training batches, an integer ≥ 1")
     check_choice(f"{key}.schedule", conf.get("schedule", "cosine"), GUIDE_SCHEDULES)
     return conf
 

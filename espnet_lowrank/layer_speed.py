@@ -18,7 +18,6 @@ from typing import Callable, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from espnet_lowrank.layers import LowRankLinear
 from espnet_lowrank.surgery import _low_rank_class
 
 

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 from torch.utils.hooks import RemovableHandle
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.recompute import recomputed_pair
 from espnet_lowrank.validation import check_choice
 
@@ -129,7 +130,7 @@ class LowRankLinear(nn.Module):
         super().__init__()
         full_rank = min(in_features, out_features)
         if not 1 <= rank <= full_rank:
-            raise ValueError(
+            raise InputError(
                 f"rank={rank} is out of range for a {out_features}×{in_features} "
                 f"weight: it must be between 1 and {full_rank}"
             )

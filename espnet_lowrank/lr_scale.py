@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.layers import LowRankLinear
 from espnet_lowrank.surgery import layers_to
 from espnet_lowrank.validation import is_number
@@ -48,7 +49,7 @@ def lr_scale(layer: LowRankLinear) -> float:
 def set_lr_scale(layer: LowRankLinear, scale: float) -> None:
     """Store ``layer``'s factors divided by ``scale`` from now on, applying the same ``U·V``."""
     if not is_number(scale) or scale <= 0:
-        raise ValueError(f"lr_scale={scale!r}: must be a number > 0")
+        raise InputError(f"lr_scale={scale!r}: must be a number > 0")
     u, v = (f.detach().clone() for f in layer.factors())
     old = _scale_of(layer)
     if old is not None:
@@ -66,7 +67,7 @@ def apply_lr_scale(model: nn.Module, scale: float, key: str) -> None:
     """Multiply the effective learning rate of every factor pair of ``model``
     by ``scale`` (Adam-type optimisers)."""
     if not is_number(scale) or scale <= 0:
-        raise ValueError(f"{key}={scale!r}: must be a number > 0 (1 leaves the factors' learning rate as is)")
+        raise InputError(f"{key}={scale!r}: must be a number > 0 (1 leaves the factors' learning rate as is)")
     if scale != 1:
         for layer in layers_to(model, key, "scale"):
             set_lr_scale(layer, scale)

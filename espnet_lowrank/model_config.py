@@ -17,6 +17,8 @@ import yaml
 
 import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
 
+from espnet_lowrank.errors import InputError
+
 
 def asr_task():
     """ESPnet's ASR task, imported on first use: the pure helpers below (read by
@@ -40,7 +42,7 @@ def training_parser() -> argparse.ArgumentParser:
 def read_token_list(path: Union[str, Path]) -> List[str]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"token list {path} does not exist")
+        raise InputError(f"token list {path} does not exist")
     return [line.rstrip("\n") for line in path.open(encoding="utf-8")]
 
 
@@ -64,7 +66,7 @@ def config_args(
     for key in values:
         if key not in known and key not in parser._defaults and key not in SAVED_BY_ESPNET:
             close = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ValueError(f"config {config}: unknown option {key!r}"
+            raise InputError(f"config {config}: unknown option {key!r}"
                              + (f" (did you mean {close[0]!r}?)" if close else "") + "; asr_train refuses it too")
     check_part_options(config, values)
     # The parser itself must read the rest, since it converts values such as ``init: none``.
@@ -77,12 +79,12 @@ def config_args(
         args.token_list = list(token_list)
     elif vocab_size is not None:
         if vocab_size < 2:
-            raise ValueError(f"vocab_size={vocab_size}: need at least 2 tokens")
+            raise InputError(f"vocab_size={vocab_size}: need at least 2 tokens")
         args.token_list = ["<blank>", *(f"tok{i}" for i in range(vocab_size - 2)), "<sos/eos>"]
     elif isinstance(args.token_list, str):
         args.token_list = read_token_list(args.token_list)
     elif not isinstance(args.token_list, list):
-        raise ValueError(
+        raise InputError(
             f"{config} names no token_list: pass a token list or a vocabulary size"
         )
     return args
@@ -122,11 +124,11 @@ def read_config(config: Union[str, Path]) -> dict:
     ``config.yaml``)."""
     config = Path(config)
     if not config.is_file():
-        raise FileNotFoundError(f"config {config} does not exist")
+        raise InputError(f"config {config} does not exist")
     with config.open(encoding="utf-8") as stream:
         values = yaml.safe_load(stream) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"config {config} is not a YAML mapping of options")
+        raise InputError(f"config {config} is not a YAML mapping of options")
     return values
 
 
@@ -163,7 +165,7 @@ def check_part_options(config, values: Mapping[str, Any]) -> None:
         try:
             cls = choices.get_class(name)
         except ValueError as error:
-            raise ValueError(f"config {config}: {part}: {error}") from None
+            raise InputError(f"config {config}: {part}: {error}") from None
         parameters = inspect.signature(cls.__init__).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
             continue  # the class takes any keyword
@@ -180,7 +182,7 @@ def check_part_options(config, values: Mapping[str, Any]) -> None:
             else:
                 close = difflib.get_close_matches(key, accepted, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"{name} takes {', '.join(accepted)}"
-            raise ValueError(f"config {config}: {part}_conf.{key} is not an option of {part} {name!r}; {hint}")
+            raise InputError(f"config {config}: {part}_conf.{key} is not an option of {part} {name!r}; {hint}")
 
 
 def build_model(config, token_list=None, vocab_size=None, overrides={}):
@@ -197,6 +199,6 @@ def check_training_config(config: Path, token_list: Path) -> int:
     stops here in one line, and ranks above break-even are warned about. Returns its parameters."""
     appended = sorted(appended_options() & set(read_config(config)))
     if appended:
-        raise ValueError(f"config {config} sets {', '.join(appended)}, which run.sh passes itself and ESPnet "
+        raise InputError(f"config {config} sets {', '.join(appended)}, which run.sh passes itself and ESPnet "
                          "would add to, not replace (a saved config.yaml?): remove them")
     return count_parameters(build_model(config, token_list=read_token_list(token_list)))

@@ -19,7 +19,7 @@ def load_weights(path) -> Dict[str, torch.Tensor]:
     """The state dict in ``path``, loaded weights-only onto the CPU."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
+        raise InputError(f"model file {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

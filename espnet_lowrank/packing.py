@@ -29,7 +29,7 @@ def unpack_model(archive, into) -> Tuple[Path, Path]:
 
     archive = Path(archive)
     if not archive.is_file():
-        raise FileNotFoundError(f"model pack {archive} does not exist")
+        raise InputError(f"model pack {archive} does not exist")
     check_members(archive)
     files = ModelDownloader(Path(into)).unpack_local_file(str(archive))
     if "asr_train_config" not in files or "asr_model_file" not in files:
@@ -69,7 +69,7 @@ def pack_model(values: Mapping, model_file, outpath) -> Path:
             if owner.get(key):
                 source = Path(owner[key])
                 if not source.is_file():
-                    raise FileNotFoundError(f"the config's {key} {source} does not exist: cannot pack it")
+                    raise InputError(f"the config's {key} {source} does not exist: cannot pack it")
                 shutil.copy2(source, staging / source.name)
                 owner[key] = source.name
                 named.append(source.name)

@@ -14,6 +14,8 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Type
 
+from espnet_lowrank.errors import InputError
+
 
 def break_even_rank(d_in: int, d_out: int) -> float:
     """r* = d_in·d_out / (d_in + d_out): above it U·V has *more* parameters
@@ -30,9 +32,9 @@ def ratio_to_rank(ratio: float, d_in: int, d_out: int, multiple_of: int = 1) -> 
 
 def _check_ratio(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key}={value!r}: a rank ratio must be a number in (0, 1]")
+        raise InputError(f"{key}={value!r}: a rank ratio must be a number in (0, 1]")
     if not 0.0 < value <= 1.0:
-        raise ValueError(f"{key}={value!r}: a rank ratio must be in (0, 1]")
+        raise InputError(f"{key}={value!r}: a rank ratio must be in (0, 1]")
     return float(value)
 
 
@@ -41,7 +43,7 @@ class RankMapping(ABC):
 
     def __init__(self, key: str, multiple_of: int = 1):
         if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
-            raise ValueError(f"{key}.multiple_of={multiple_of!r}: must be an integer ≥ 1")
+            raise InputError(f"{key}.multiple_of={multiple_of!r}: must be an integer ≥ 1")
         self.key = key
         self.multiple_of = multiple_of
 
@@ -84,14 +86,14 @@ class ExplicitMapping(RankMapping):
     def __init__(self, key: str, ratios: Sequence[Optional[float]], multiple_of: int = 1):
         super().__init__(key, multiple_of)
         if isinstance(ratios, (str, bytes)) or not isinstance(ratios, Sequence):
-            raise ValueError(f"{key}.ratios={ratios!r}: must be a list with one ratio per block")
+            raise InputError(f"{key}.ratios={ratios!r}: must be a list with one ratio per block")
         self.values = [None if r is None else _check_ratio(r, f"{key}.ratios[{i}]") for i, r in enumerate(ratios)]
         if all(value is None for value in self.values):
-            raise ValueError(f"{key}.ratios={ratios!r} keeps every block dense: set {key} to null instead")
+            raise InputError(f"{key}.ratios={ratios!r} keeps every block dense: set {key} to null instead")
 
     def ratios(self, num_blocks: int) -> List[Optional[float]]:
         if len(self.values) != num_blocks:
-            raise ValueError(
+            raise InputError(
                 f"{self.key}.ratios has {len(self.values)} entries but the model has "
                 f"{num_blocks} blocks: give one ratio per block"
             )
@@ -109,21 +111,21 @@ def build_rank_mapping(conf: Mapping[str, Any], key: str) -> RankMapping:
     """Build a mapping from its YAML dict; ``key`` names it in error messages
     (e.g. ``encoder_conf.lowrank_attention``)."""
     if not isinstance(conf, Mapping):
-        raise ValueError(
+        raise InputError(
             f"{key}={conf!r}: expected a mapping such as "
             "{mapping: constant, ratio: 0.25}, or null for a dense group"
         )
     params = dict(conf)
     name = params.pop("mapping", None)
     if name not in RANK_MAPPINGS:
-        raise ValueError(
+        raise InputError(
             f"{key}.mapping={name!r} is unknown; choose one of {', '.join(RANK_MAPPINGS)}"
         )
     cls = RANK_MAPPINGS[name]
     accepted = [p for p in inspect.signature(cls).parameters if p != "key"]
     for param in params:
         if param not in accepted:
-            raise ValueError(
+            raise InputError(
                 f"{key}.{param} is not an option of the {name!r} mapping; "
                 f"it takes {', '.join(accepted)}"
             )
@@ -134,5 +136,5 @@ def build_rank_mapping(conf: Mapping[str, Any], key: str) -> RankMapping:
     ]
     for param in required:
         if param not in params:
-            raise ValueError(f"{key}.{param} is required by the {name!r} mapping")
+            raise InputError(f"{key}.{param} is required by the {name!r} mapping")
     return cls(key=key, **params)

@@ -17,6 +17,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from espnet_lowrank.errors import InputError
+
 #: ESPnet's LibriSpeech-100 Conformer recipe (conf/tuning/
 #: train_asr_conformer_lr2e-3_warmup15k_amp_nondeterministic.yaml upstream)
 LIBRISPEECH_100_BATCH_BINS = 16_000_000
@@ -39,7 +41,7 @@ def recipe_batch(batch_bins: int, vocab: int, seconds: float = 12.0, text_length
     length-sorted list. Without: utterances of ``seconds`` and
     ``text_length`` tokens over a ``vocab``-unit vocabulary, all alike."""
     if batch_bins <= 0:
-        raise ValueError(f"batch_bins={batch_bins}: must be a positive number of bins")
+        raise InputError(f"batch_bins={batch_bins}: must be a positive number of bins")
     return config_batch({"batch_type": "numel", "batch_bins": batch_bins}, vocab, seconds, text_length, shape_files)
 
 
@@ -56,7 +58,7 @@ def config_batch(config: Mapping, vocab: int, seconds: float = 12.0, text_length
             shape_files = _uniform_shape_files(Path(tmp), round(seconds * 16000), text_length, vocab)
         for path in shape_files:
             if not Path(path).is_file():
-                raise ValueError(f"shape file {path} not found (ESPnet's stats stage writes speech_shape "
+                raise InputError(f"shape file {path} not found (ESPnet's stats stage writes speech_shape "
                                  f"and text_shape.bpe under exp/asr_stats_*/train/)")
         sampler = build_batch_sampler(settings["batch_type"], int(settings["batch_size"]), int(settings["batch_bins"]),
                                       list(map(str, shape_files)), fold_lengths=settings["fold_length"])

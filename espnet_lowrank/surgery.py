@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.layers import (
     DENSE_INITS,
     FACTOR_INITS,
@@ -46,7 +47,7 @@ def _low_rank_class(module: nn.Module, name: str):
         and not isinstance(module.padding, str)
     ):
         return LowRankConv2d
-    raise ValueError(
+    raise InputError(
         f"{name} is a {type(module).__name__}, which cannot be factorised: only "
         "nn.Linear, pointwise nn.Conv1d(kernel_size=1) and plain nn.Conv2d layers can"
     )
@@ -72,7 +73,7 @@ def factorize_blocks(
     check_choice(f"{key_prefix}dense_init", dense_init, DENSE_INITS)
     for group in settings:
         if group not in groups:
-            raise ValueError(
+            raise InputError(
                 f"{key_prefix}{group} is not a layer group here; "
                 f"choose from {', '.join(groups)}"
             )
@@ -101,7 +102,7 @@ def factorize_blocks(
                 ranks[f"{index}.{path}"] = rank
                 found += 1
         if found == 0:
-            raise ValueError(
+            raise InputError(
                 f"{key} is set but the model has no {group} layers "
                 f"({', '.join(groups[group])}) to factorise"
             )
@@ -141,7 +142,7 @@ def layers_to(model: nn.Module, key: str, verb: str) -> List[LowRankLinear]:
     """The low-rank layers a training aid set by option ``key`` acts on; refused when there are none."""
     layers = [layer for _, layer in low_rank_layers(model)]
     if not layers:
-        raise ValueError(f"{key} is set but no layer group is low rank: nothing to {verb}")
+        raise InputError(f"{key} is set but no layer group is low rank: nothing to {verb}")
     return layers
 
 
@@ -188,7 +189,7 @@ def factorize_state_dict(
             used.add(key)
     unused = sorted(set(dense_state) - used)
     if missing or unused or wrong_shape:
-        raise ValueError(
+        raise InputError(
             "the dense checkpoint is not this low-rank model's dense twin: "
             f"missing keys [{', '.join(missing)}]; unused keys [{', '.join(unused)}]; "
             f"other shapes [{', '.join(wrong_shape)}]"

@@ -11,6 +11,7 @@ import soundfile
 
 from espnet_lowrank.data import librispeech
 from espnet_lowrank.data.kaldi_dir import read_data_dir
+from espnet_lowrank.errors import InputError
 
 
 def make_librispeech_tree(root: Path, part: str = "dev-clean") -> Path:
@@ -47,13 +48,13 @@ def test_prepare_writes_a_kaldi_data_dir(tmp_path):
 def test_missing_flac_is_named(tmp_path):
     root = make_librispeech_tree(tmp_path / "corpus")
     (root / "dev-clean" / "84" / "121123" / "84-121123-0001.flac").unlink()
-    with pytest.raises(FileNotFoundError, match=r"84-121123.trans.txt:2: utterance 84-121123-0001"):
+    with pytest.raises(InputError, match=r"84-121123.trans.txt:2: utterance 84-121123-0001"):
         librispeech.prepare_part(root, "dev-clean", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_wrong_root_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is .* a LibriSpeech root"):
+    with pytest.raises(InputError, match="is .* a LibriSpeech root"):
         librispeech.prepare_part(tmp_path, "dev-clean", tmp_path / "out")
 
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from espnet_lowrank.model_config import build_model, count_parameters
 from espnet_lowrank.tools import report

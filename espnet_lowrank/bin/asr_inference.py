@@ -43,5 +43,5 @@ if __name__ == "__main__":
     try:
         check_inputs(sys.argv[1:])
         main()
-    except (InputError, FileNotFoundError, ValueError) as error:  # a bad wav.scp or audio file
+    except InputError as error:  # a bad wav.scp or audio file
         sys.exit(f"ERROR: {error}")

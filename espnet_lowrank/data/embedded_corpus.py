@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from espnet_lowrank.data.espeak import espeak
 from espnet_lowrank.data.grammar import sentence
-from espnet_lowrank.errors import leave_ctrl_c_to_the_parent, one_line_errors
+from espnet_lowrank.errors import InputError, leave_ctrl_c_to_the_parent, one_line_errors
 
 SAMPLE_RATE = 16000
 TRAIN_VARIANTS = (
@@ -73,7 +73,7 @@ def synthesize(out: Path, size: str = "demo", seed: int = 0, nj: int = 2) -> Pat
     """Write ``out/LibriSpeech/{train,dev,test,eval}``; returns the LibriSpeech root.
     Each finished split leaves a marker and is not made twice."""
     if size not in SIZES:
-        raise ValueError(f"size={size!r} is unknown; choose from {', '.join(SIZES)}")
+        raise InputError(f"size={size!r} is unknown; choose from {', '.join(SIZES)}")
     root = Path(out) / "LibriSpeech"
     made = {split for split in splits(SIZES[size]) if _marker(root, size, seed, split).exists()}
     if (root / f".embedded-{size}-{seed}.complete").exists():  # made before eval existed

@@ -14,6 +14,8 @@ from typing import List
 
 import numpy as np
 
+from espnet_lowrank.errors import InputError
+
 _AUDIO_OUTPUT_RETRIEVAL = 1
 _POS_CHARACTER = 1
 _RATE, _PITCH, _RANGE = 1, 3, 4
@@ -56,7 +58,7 @@ class Espeak:
         """int16 samples at :attr:`sample_rate` of ``text`` spoken by ``voice``
         (e.g. ``en+m3``) at ``rate`` words per minute and ``pitch`` 0-99."""
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"espeak-ng has no voice {voice!r}")
+            raise InputError(f"espeak-ng has no voice {voice!r}")
         for parameter, value in ((_RATE, rate), (_PITCH, pitch), (_RANGE, pitch_range)):
             self._lib.espeak_SetParameter(parameter, value, 0)
         self._chunks = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List
 
-from espnet_lowrank.errors import one_line_errors
+from espnet_lowrank.errors import InputError, one_line_errors
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,13 @@ def write_data_dir(out_dir: Path, utterances: Iterable[Utterance]) -> int:
     out_dir = Path(out_dir)
     rows = sorted(utterances, key=lambda u: u.utt_id)
     if not rows:
-        raise ValueError(f"no utterances to write to {out_dir}")
+        raise InputError(f"no utterances to write to {out_dir}")
     seen = set()
     for row in rows:
         if row.utt_id in seen:
-            raise ValueError(f"utterance {row.utt_id} appears twice in {out_dir}")
+            raise InputError(f"utterance {row.utt_id} appears twice in {out_dir}")
         if not row.utt_id.startswith(row.speaker):
-            raise ValueError(
+            raise InputError(
                 f"utterance {row.utt_id} does not start with its speaker id {row.speaker} "
                 "(Kaldi sorts utt2spk and spk2utt together only then)"
             )
@@ -70,7 +70,7 @@ def read_table(path: Path) -> Dict[str, str]:
     """``key rest-of-line`` files (wav.scp, text, utt2spk) as a dict."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise InputError(f"{path} does not exist")
     table: Dict[str, str] = {}
     with path.open(encoding="utf-8") as stream:
         for number, line in enumerate(stream, 1):
@@ -79,7 +79,7 @@ def read_table(path: Path) -> Dict[str, str]:
                 continue
             key, _, value = line.partition(" ")
             if key in table:
-                raise ValueError(f"{path}:{number}: {key} appears twice")
+                raise InputError(f"{path}:{number}: {key} appears twice")
             table[key] = value
     return table
 
@@ -94,10 +94,10 @@ def read_data_dir(data_dir: Path) -> List[Utterance]:
     speakers = read_table(utt2spk_path) if utt2spk_path.exists() else {u: u for u in wavs}
     for utt in texts:
         if utt not in wavs:
-            raise ValueError(f"{data_dir}/text: utterance {utt} has no audio in wav.scp")
+            raise InputError(f"{data_dir}/text: utterance {utt} has no audio in wav.scp")
     for utt in wavs:
         if utt not in texts:
-            raise ValueError(f"{data_dir}/wav.scp: utterance {utt} has no transcript in text")
+            raise InputError(f"{data_dir}/wav.scp: utterance {utt} has no transcript in text")
     return [Utterance(u, speakers.get(u, u), wavs[u], texts[u]) for u in sorted(wavs)]
 
 

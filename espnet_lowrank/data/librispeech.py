@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Sequence
 from tqdm import tqdm
 
 from espnet_lowrank.data.kaldi_dir import Utterance, write_data_dir
-from espnet_lowrank.errors import one_line_errors
+from espnet_lowrank.errors import InputError, one_line_errors
 
 BASE_URL = "https://www.openslr.org/resources/12"
 #: md5 of each archive, as openslr publishes them (resources/12/md5sum.txt).
@@ -53,7 +53,7 @@ def _extract_data(tar: tarfile.TarFile, dest: Path, archive: Path) -> None:
     for member in tar.getmembers():
         inside = (root / member.name).resolve()
         if not (member.isfile() or member.isdir()) or (inside != root and root not in inside.parents):
-            raise ValueError(f"{archive}: refusing to unpack {member.name!r} (not a plain file inside {dest})")
+            raise InputError(f"{archive}: refusing to unpack {member.name!r} (not a plain file inside {dest})")
     tar.extractall(dest)
 
 
@@ -81,7 +81,7 @@ def fetch(url: str, target: Path, md5: str) -> Path:
     got = md5_of(partial)
     if got != md5:
         partial.unlink()
-        raise ValueError(
+        raise InputError(
             f"{url}: md5 {got} does not match the published {md5}; the partial file was "
             "removed, run again to download afresh"
         )
@@ -93,7 +93,7 @@ def download_part(part: str, dest: Path, base_url: str = BASE_URL) -> Path:
     """Fetch and unpack one LibriSpeech part into ``dest/LibriSpeech/<part>``
     (skipped when a marker says it was done); returns the LibriSpeech root."""
     if part not in PART_MD5:
-        raise ValueError(f"LibriSpeech part {part!r} is unknown; choose from {', '.join(PART_MD5)}")
+        raise InputError(f"LibriSpeech part {part!r} is unknown; choose from {', '.join(PART_MD5)}")
     dest = Path(dest)
     marker = dest / "LibriSpeech" / f".{part}.complete"
     if marker.exists():
@@ -104,7 +104,7 @@ def download_part(part: str, dest: Path, base_url: str = BASE_URL) -> Path:
     with tarfile.open(archive) as tar:
         _extract_data(tar, dest, archive)
     if not (dest / "LibriSpeech" / part).is_dir():
-        raise ValueError(f"{archive} did not contain LibriSpeech/{part}/")
+        raise InputError(f"{archive} did not contain LibriSpeech/{part}/")
     marker.touch()
     return dest / "LibriSpeech"
 
@@ -113,10 +113,10 @@ def iter_part(root: Path, part: str) -> Iterator[Utterance]:
     """Utterances of ``root/<part>/<speaker>/<chapter>/*.trans.txt``."""
     part_dir = Path(root) / part
     if not part_dir.is_dir():
-        raise FileNotFoundError(f"{part_dir} does not exist: is {root} a LibriSpeech root?")
+        raise InputError(f"{part_dir} does not exist: is {root} a LibriSpeech root?")
     transcripts = sorted(part_dir.glob("*/*/*.trans.txt"))
     if not transcripts:
-        raise ValueError(f"{part_dir} holds no <speaker>/<chapter>/*.trans.txt files")
+        raise InputError(f"{part_dir} holds no <speaker>/<chapter>/*.trans.txt files")
     for trans in transcripts:
         speaker = trans.parent.parent.name
         for number, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
@@ -125,9 +125,9 @@ def iter_part(root: Path, part: str) -> Iterator[Utterance]:
             utt_id, _, text = line.partition(" ")
             audio = trans.parent / f"{utt_id}.flac"
             if not audio.is_file():
-                raise FileNotFoundError(f"{trans}:{number}: utterance {utt_id} has no audio {audio}")
+                raise InputError(f"{trans}:{number}: utterance {utt_id} has no audio {audio}")
             if not text.strip():
-                raise ValueError(f"{trans}:{number}: utterance {utt_id} has an empty transcript")
+                raise InputError(f"{trans}:{number}: utterance {utt_id} has an empty transcript")
             yield Utterance(utt_id, speaker, str(audio.resolve()), text.strip())
 
 

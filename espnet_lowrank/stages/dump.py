@@ -20,8 +20,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from espnet_lowrank.data.kaldi_dir import Utterance, read_data_dir, read_table, replace_dir, write_data_dir
-from espnet_lowrank.errors import leave_ctrl_c_to_the_parent, one_line_errors, writing_into
+from espnet_lowrank.data.kaldi_dir import read_data_dir, read_table, replace_dir, write_data_dir
+from espnet_lowrank.errors import InputError, leave_ctrl_c_to_the_parent, one_line_errors, writing_into
 from espnet_lowrank.stages import StageError
 
 
@@ -30,7 +30,7 @@ def format_dir(data_dir: Path, out_dir: Path, sample_rate: int = 16000, nj: int 
     (``nj`` processes)."""
     try:
         utterances = read_data_dir(data_dir)
-    except (FileNotFoundError, ValueError) as error:
+    except InputError as error:
         raise StageError(f"stage 3: {error}") from error
     jobs = [(Path(utt.audio), sample_rate, f"stage 3: {data_dir}/wav.scp: utterance {utt.utt_id}")
             for utt in utterances]

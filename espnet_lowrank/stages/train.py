@@ -37,7 +37,7 @@ from typing import List, Optional, Protocol, Sequence
 
 import yaml
 
-from espnet_lowrank.errors import FREE_SPACE, nearly_full, one_line_errors
+from espnet_lowrank.errors import FREE_SPACE, InputError, nearly_full, one_line_errors
 from espnet_lowrank.model_config import DENSE_TWINS, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.stages import StageError, log, marker
 from espnet_lowrank.stages.asr_inputs import AsrInputs
@@ -311,7 +311,7 @@ class Factorisation:
                                                     allocator=self.stage.allocator, timing=self.timing())
                 chosen = f"wrote {self.config}\n{format_ranks(result)}\n"
                 log(f"stage 11: {format_ranks(result).splitlines()[-1]}")
-        except (StageError, ValueError, FileNotFoundError) as error:
+        except InputError as error:
             raise StageError(f"stage 11: factorising the warmed-up model failed: {error}") from error
         (self.warmup / "convert.log").write_text(f"{chosen}wrote {self.out}: {len(rows)} factorised layers\n"
                                                  f"{format_energy(rows)}\n")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from espnet_lowrank.errors import InputError
+
 
 @dataclass
 class Entry:
@@ -24,7 +26,7 @@ class Entry:
         if "--seeds" in words:
             index = words.index("--seeds")
             if index + 2 != len(words):
-                raise ValueError(f"{text!r}: --seeds A,B,... must come last")
+                raise InputError(f"{text!r}: --seeds A,B,... must come last")
             seeds = [int(seed) for seed in words[index + 1].split(",")]
             words = words[:index]
         return cls(Path(words[0]), words[1:], seeds)

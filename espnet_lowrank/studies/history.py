@@ -6,6 +6,7 @@ from typing import Dict
 
 import torch
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.stages.train import WARMUP_DIR
 
 
@@ -13,7 +14,7 @@ def epoch_stats(exp: Path) -> Dict[int, Dict[str, Dict[str, float]]]:
     """ESPnet's per-epoch statistics of one training run."""
     checkpoint = exp / "checkpoint.pth"
     if not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint} does not exist: did stage 11 run for {exp.name}?")
+        raise InputError(f"{checkpoint} does not exist: did stage 11 run for {exp.name}?")
     # our own run's checkpoint; the reporter state is not plain tensors
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["reporter"]["stats"]
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from espnet_lowrank import machine
 from espnet_lowrank.cli import command_main
 from espnet_lowrank.compiling import compile_blocks
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.guide import finish_guides
 from espnet_lowrank.model_config import build_model, count_parameters
 from espnet_lowrank.recompute import set_recompute
@@ -170,7 +171,7 @@ def bench(
 ) -> Dict:
     amps = [amp] if isinstance(amp, str) else list(amp)
     if "compiled" in modes and warmup < 1:
-        raise ValueError("bench: compiled rows need --warmup 1 or more (the first step compiles)")
+        raise InputError("bench: compiled rows need --warmup 1 or more (the first step compiles)")
     if batch_bins:
         speech_lengths, text_lengths = recipe_batch(batch_bins, vocab, seconds, text_length, shape_files)
         data = synthetic_batch(0, seconds, text_length, vocab, device, speech_lengths, text_lengths)
@@ -284,15 +285,15 @@ def _bench_decode(results, decode_exps, decode_model, wav_scp, utts, decode_conf
     from espnet2.bin.asr_inference import Speech2Text
 
     if len(decode_exps) != len(results):
-        raise ValueError(f"--decode_exp needs one exp dir per config ({len(results)}), got {len(decode_exps)}")
+        raise InputError(f"--decode_exp needs one exp dir per config ({len(results)}), got {len(decode_exps)}")
     if wav_scp is None:
-        raise ValueError("--decode_exp needs --decode_wav_scp: the utterances to decode")
+        raise InputError("--decode_exp needs --decode_wav_scp: the utterances to decode")
     # the decoding options of run.sh's --inference_config (Speech2Text's arguments)
     options = yaml.safe_load(Path(decode_config).read_text()) if decode_config else {"beam_size": 5}
     for exp in decode_exps:
         stats = (yaml.safe_load((Path(exp) / "config.yaml").read_text()).get("normalize_conf") or {}).get("stats_file")
         if stats and not Path(stats).exists():
-            raise ValueError(f"{exp}/config.yaml names normalize_conf.stats_file {stats}, which is not "
+            raise InputError(f"{exp}/config.yaml names normalize_conf.stats_file {stats}, which is not "
                              f"found from {Path.cwd()}: run bench from the recipe dir, as ESPnet decodes")
     paths = [line.split(maxsplit=1)[1] for line in Path(wav_scp).read_text().splitlines()[:utts]]
     audios = [soundfile.read(p, dtype="float32")[0] for p in paths]

@@ -60,7 +60,7 @@ def merge(config, model_file, out_dir, pack=None) -> Dict[str, object]:
                          f"decoder: {values.get('decoder')}): nothing to merge")
     model_file = Path(model_file)
     if not model_file.is_file():
-        raise FileNotFoundError(f"model {model_file} does not exist")
+        raise InputError(f"model {model_file} does not exist")
     low_rank = build_model(config)
     low_rank.load_state_dict(load_weights(model_file), strict=True)
     # in place on a copy: each factor pair becomes the dense layer it applies

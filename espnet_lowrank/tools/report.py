@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from espnet_lowrank.cli import command_main
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, count_parameters
 
 #: Block number of the encoder's convolutional subsampling (it runs before block 0).
@@ -116,7 +117,7 @@ def plot_ranks(result: Dict, path: Path) -> None:
 
     parts = [p for p in ("encoder", "decoder") if any(r["part"] == p for r in result["layers"])]
     if not parts:
-        raise ValueError(f"{result['config']} has no low-rank layers to plot")
+        raise InputError(f"{result['config']} has no low-rank layers to plot")
     figure, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4), squeeze=False)
     for axis, part in zip(axes[0], parts):
         rows = [r for r in result["layers"] if r["part"] == part]

@@ -30,6 +30,7 @@ import torch
 
 from espnet_lowrank.cli import command_main
 from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, config_args, read_token_list
 from espnet_lowrank.model_files import load_weights
 from espnet_lowrank.surgery import low_rank_layers, merge_low_rank
@@ -45,7 +46,7 @@ def real_batches(data_dir: Path, token_list: List[str], batches: int, batch_size
     utts = sorted(set(wavs) & set(texts))
     needed = batches * batch_size
     if len(utts) < needed:
-        raise ValueError(f"{data_dir} has {len(utts)} utterances with audio and text; {needed} needed")
+        raise InputError(f"{data_dir} has {len(utts)} utterances with audio and text; {needed} needed")
     order = torch.randperm(len(utts), generator=torch.Generator().manual_seed(seed))[:needed]
     tokenizer, converter = CharTokenizer(space_symbol="<space>"), TokenIDConverter(token_list)
     result = []
@@ -107,7 +108,7 @@ def step_check(config, data_dir, token_list, batches: int = 4, batch_size: int =
         lowrank.load_state_dict(load_weights(checkpoint), strict=True)
     layers = low_rank_layers(lowrank)
     if not layers:
-        raise ValueError(f"{config} has no low-rank layers to check")
+        raise InputError(f"{config} has no low-rank layers to check")
     names = [n for n, _ in layers]
     from espnet_lowrank.tools.report import layer_rows
 
