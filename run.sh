@@ -49,7 +49,7 @@ asr_args=               # extra options for asr_train, e.g. "--max_epoch 3"; giv
 seed=                   # the training seed (asr_train --seed); default: the config's
 lowrank_warmup_epochs=0 # >0: train the config's dense twin this many epochs, factorise it, go on in low rank
 lowrank_param_ratio=    # with a warm-up: ranks chosen from its trained spectra for this share of the dense parameters (e.g. 0.5); empty: the config's
-lowrank_allocator=energy # how that budget chooses them: energy | equal_energy (see convert --allocator)
+lowrank_allocator=energy # how that budget chooses them: energy | equal_energy | no_slower (see convert --allocator)
 lowrank_asr_args=       # with a warm-up: extra asr_train options for its low-rank phase only, e.g. "--optim_conf lr=0.0012"; they add up
 init_param=             # stage 11 starts from these weights, fresh optimiser (espnet-lowrank convert's output; path:src:dst too)
 token_type=char         # char | bpe (SentencePiece)
@@ -90,6 +90,8 @@ fi
 export PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}"
 
 # --- option checks: each failure is one line naming the option and the value ---------------------
+# Here only what bash itself uses (numbers it compares, names in paths, its own switches); every other option
+# is checked by the stage that uses it, against the values its code implements (stage 11: the allocators).
 whole_number() {  # whole_number NAME MIN
   [[ "${!1}" =~ ^[0-9]+$ ]] && [ "${!1}" -ge "$2" ] || die "--$1 must be a whole number >= $2, not '${!1}'"
 }
@@ -110,7 +112,6 @@ one_of corpus embedded librispeech none
 one_of embedded_size tiny demo
 one_of verbose true false
 one_of print_launch_cmd true false
-one_of lowrank_allocator energy equal_energy
 [ "${verbose}" = false ] || export ESPNET_LOWRANK_VERBOSE=1
 [ -f "${asr_config}" ] || die "--asr_config ${asr_config} does not exist"
 [ -z "${init_param}" ] || [ -f "${init_param%%:*}" ] || die "--init_param: ${init_param%%:*} does not exist"

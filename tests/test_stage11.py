@@ -248,3 +248,18 @@ def test_run_sh_names_a_param_ratio_that_is_not_a_number(tmp_path):
                  "--lowrank_param_ratio", "half", "--print_launch_cmd", "true", check=False)
     assert result.returncode != 0 and "--lowrank_param_ratio 'half': " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_sh_takes_every_allocator_stage_11_implements(tmp_path):
+    """run.sh leaves --lowrank_allocator to stage 11, whose choices are the budget's own."""
+    from espnet_lowrank.budget import ALLOCATORS
+
+    recipe = recipe_dir(tmp_path)
+    result = run(recipe, "--asr_config", str(TINY_CONFIG), "--asr_args", "--max_epoch 5", "--lowrank_warmup_epochs",
+                 "2", "--lowrank_param_ratio", "0.5", "--lowrank_allocator", "no_slower", "--print_launch_cmd", "true")
+    assert "--param_ratio 0.5 --allocator no_slower " in result.stdout and "--time_device cpu" in result.stdout
+    refused = run(recipe, "--asr_config", str(TINY_CONFIG), "--asr_args", "--max_epoch 5", "--lowrank_warmup_epochs",
+                  "2", "--lowrank_param_ratio", "0.5", "--lowrank_allocator", "fastest", "--print_launch_cmd", "true",
+                  check=False)
+    assert refused.returncode != 0
+    assert f"--lowrank_allocator 'fastest' is unknown; choose one of: {' '.join(ALLOCATORS)}" in refused.stderr
