@@ -8,6 +8,7 @@ cheap. An installed package does so in every process without the import (``espne
 from espnet_lowrank.registration import register, register_when_espnet_loads
 
 _LAZY = {
+    "FactorPair": "espnet_lowrank.layers",
     "LowRankLinear": "espnet_lowrank.layers",
     "LowRankPointwiseConv1d": "espnet_lowrank.layers",
     "LowRankConformerEncoder": "espnet_lowrank.encoder",

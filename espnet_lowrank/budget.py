@@ -196,7 +196,7 @@ def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor]
     """Every factorisable group of every block of a dense Conformer/Transformer ASR model, from its
     trained weights; ``exclude`` names what stays dense: groups (``encoder.convolution``) or whole
     blocks, by their module path (``encoder.encoders.0``)."""
-    from espnet_lowrank.surgery import _get_submodule_or_none, _low_rank_class
+    from espnet_lowrank.surgery import low_rank_class, submodule_or_none
 
     groups = _groups()
     blocks = {"encoder": ("encoder.encoders", dense_model.encoder.encoders),
@@ -217,8 +217,8 @@ def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor]
                 if f"{prefix}.{index}" in exclude:
                     continue
                 present = [(f"{prefix}.{index}.{path}", layer) for path in paths
-                           if (layer := _get_submodule_or_none(block, path)) is not None]
-                matrices = [_low_rank_class(layer, name).weight_as_matrix(dense_state[f"{name}.weight"])
+                           if (layer := submodule_or_none(block, path)) is not None]
+                matrices = [low_rank_class(layer, name).weight_as_matrix(dense_state[f"{name}.weight"])
                             for name, layer in present]
                 if matrices:
                     units.append(unit_from_weights(part, group, index, matrices, [name for name, _ in present]))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from espnet_lowrank.errors import InputError
-from espnet_lowrank.layers import LowRankLinear
+from espnet_lowrank.layers import FactorPair
 from espnet_lowrank.surgery import layers_to
 from espnet_lowrank.validation import is_number
 
@@ -51,7 +51,7 @@ class FrobeniusDecay:
         return u, v
 
 
-def add_frobenius_decay(layer: LowRankLinear, decay: float) -> None:
+def add_frobenius_decay(layer: FactorPair, decay: float) -> None:
     """Decay ``layer``'s ``U·V`` by ``decay`` (λ) in every training backward pass."""
     layer.register_factor_transform(FrobeniusDecay(float(decay)))
     layer.U._no_weight_decay = layer.V._no_weight_decay = True

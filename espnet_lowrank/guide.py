@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from espnet_lowrank.errors import InputError
-from espnet_lowrank.layers import LowRankLinear, spectral_factors
+from espnet_lowrank.layers import FactorPair, spectral_factors
 from espnet_lowrank.surgery import layers_to
 from espnet_lowrank.validation import check_choice
 
@@ -59,7 +59,7 @@ class DenseGuide:
         layer.guide.copy_(u @ v)
 
 
-def add_guide(layer: LowRankLinear) -> None:
+def add_guide(layer: FactorPair) -> None:
     """Give ``layer`` a dense guide W that starts at its ``U·V``, at α = 1 (self-guided training,
     Wei et al. 2024): the dense path carries the function while the factors, trained jointly,
     learn to take it over as α falls to 0."""
@@ -68,13 +68,13 @@ def add_guide(layer: LowRankLinear) -> None:
     layer.blend = DenseGuide()
 
 
-def drop_guide(layer: LowRankLinear) -> None:
+def drop_guide(layer: FactorPair) -> None:
     """Remove the guide: the layer is plain low rank again, in its computation and its state dict."""
     del layer.guide
     layer.blend = None
 
 
-def layer_guide(layer: LowRankLinear) -> Optional[DenseGuide]:
+def layer_guide(layer: FactorPair) -> Optional[DenseGuide]:
     """The layer's guide while it has one, else None."""
     return layer.blend if isinstance(layer.blend, DenseGuide) else None
 
@@ -98,7 +98,7 @@ class GuideSchedule(nn.Module):
     schedule only sets their α and drops their guides when it ends.
     """
 
-    def __init__(self, layers: Sequence[LowRankLinear], steps: int, schedule: str = "cosine"):
+    def __init__(self, layers: Sequence[FactorPair], steps: int, schedule: str = "cosine"):
         super().__init__()
         self.steps = steps
         self.schedule = schedule

@@ -18,7 +18,7 @@ from typing import Callable, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from espnet_lowrank.surgery import _low_rank_class
+from espnet_lowrank.surgery import low_rank_class
 
 
 def timed(function: Callable[[], None], device: str) -> float:
@@ -114,7 +114,7 @@ def slower_ranks(model: nn.Module, units, shapes: Mapping[str, torch.Size], mult
 
     def seconds(module: str, rank: Optional[int]) -> float:
         dense = model.get_submodule(module)
-        low_rank = _low_rank_class(dense, module)
+        low_rank = low_rank_class(dense, module)
         key = (low_rank.__name__, tuple(low_rank.weight_as_matrix(dense.weight).shape), tuple(shapes[module]), rank)
         if key not in cache:
             layer = copy.deepcopy(dense) if rank is None else low_rank.from_dense(dense, rank, init="random")

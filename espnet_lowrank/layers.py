@@ -88,31 +88,31 @@ def spectral_factors(weight: torch.Tensor, rank: int) -> Factors:
 class FactorTransform(Protocol):
     """Between a layer's stored parameters and the factors it applies."""
 
-    def applied(self, layer: "LowRankLinear", u: torch.Tensor, v: torch.Tensor) -> Factors:
+    def applied(self, layer: "FactorPair", u: torch.Tensor, v: torch.Tensor) -> Factors:
         """The factors as applied, from the stored ones (in the forward pass)."""
 
-    def stored(self, layer: "LowRankLinear", u: torch.Tensor, v: torch.Tensor) -> Factors:
+    def stored(self, layer: "FactorPair", u: torch.Tensor, v: torch.Tensor) -> Factors:
         """The inverse: what to store for the layer to apply ``u·v``."""
 
 
 class Blend(Protocol):
     """A dense path mixed into a layer's output."""
 
-    def output(self, layer: "LowRankLinear", x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def output(self, layer: "FactorPair", x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The layer's output, given its input and applied factors."""
 
-    def matrix(self, layer: "LowRankLinear", u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def matrix(self, layer: "FactorPair", u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The ``out × in`` matrix the layer applies with this blend (for merging)."""
 
-    def restart(self, layer: "LowRankLinear") -> None:
+    def restart(self, layer: "FactorPair") -> None:
         """Called after the layer's factors were drawn anew."""
 
 
-class LowRankLinear(nn.Module):
-    """``y = U (V x) + b`` with ``V: r × in`` and ``U: out × r``.
+class FactorPair(nn.Module):
+    """``y = U (V x) + b`` with ``V: r × in`` and ``U: out × r``: the core every low-rank layer shares
+    (its maths over the last dimension is ``nn.Linear``'s; the twins below change the layout).
 
-    A drop-in for ``nn.Linear``. Above the break-even rank
-    ``in·out / (in + out)`` it has *more* parameters than the dense layer.
+    Above the break-even rank ``in·out / (in + out)`` it has *more* parameters than the dense layer.
     """
 
     #: recompute ``V x`` in the backward pass instead of keeping it (:mod:`espnet_lowrank.recompute`)
@@ -210,7 +210,7 @@ class LowRankLinear(nn.Module):
     @classmethod
     def from_dense(
         cls, dense: nn.Module, rank: int, init: str = "svd", dense_init: str = "pytorch"
-    ) -> "LowRankLinear":
+    ) -> "FactorPair":
         """Replace a dense layer: with ``init='svd'`` its own weight is
         factorised (so full rank reproduces it), with ``random`` only its
         shape and bias are kept."""
@@ -229,7 +229,7 @@ class LowRankLinear(nn.Module):
         return layer
 
     @classmethod
-    def _shaped_like(cls, dense: nn.Module, rank: int, dense_init: str) -> "LowRankLinear":
+    def _shaped_like(cls, dense: nn.Module, rank: int, dense_init: str) -> "FactorPair":
         """A randomly initialised layer of ``dense``'s shape."""
         out_features, in_features = cls.weight_as_matrix(dense.weight).shape
         return cls(in_features, out_features, rank, dense.bias is not None, "random", dense_init)
@@ -302,7 +302,11 @@ class LowRankLinear(nn.Module):
         )
 
 
-class LowRankPointwiseConv1d(LowRankLinear):
+class LowRankLinear(FactorPair):
+    """A drop-in for ``nn.Linear``: the core's own form."""
+
+
+class LowRankPointwiseConv1d(FactorPair):
     """Channels-first twin of :class:`LowRankLinear` for ``Conv1d(k=1)``:
     input and output are ``(batch, channels, time)``."""
 
@@ -331,7 +335,7 @@ class LowRankPointwiseConv1d(LowRankLinear):
         return F.conv1d(x, matrix.unsqueeze(-1), bias)
 
 
-class LowRankConv2d(LowRankLinear):
+class LowRankConv2d(FactorPair):
     """``Conv2d`` as a ``kh×kw`` convolution into ``rank`` channels followed by
     a ``1×1`` convolution out of them: the weight seen as an
     ``out × (in·kh·kw)`` matrix is ``U·V``. This is how the convolutional

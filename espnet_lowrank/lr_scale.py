@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from espnet_lowrank.errors import InputError
-from espnet_lowrank.layers import LowRankLinear
+from espnet_lowrank.layers import FactorPair
 from espnet_lowrank.surgery import layers_to
 from espnet_lowrank.validation import is_number
 
@@ -36,17 +36,17 @@ class FactorScale:
         return u / self.scale, v / self.scale
 
 
-def _scale_of(layer: LowRankLinear) -> Optional[FactorScale]:
+def _scale_of(layer: FactorPair) -> Optional[FactorScale]:
     return next((t for t in layer.factor_transforms() if isinstance(t, FactorScale)), None)
 
 
-def lr_scale(layer: LowRankLinear) -> float:
+def lr_scale(layer: FactorPair) -> float:
     """The scale a layer's factors are stored with (1: none)."""
     transform = _scale_of(layer)
     return 1.0 if transform is None else transform.scale
 
 
-def set_lr_scale(layer: LowRankLinear, scale: float) -> None:
+def set_lr_scale(layer: FactorPair, scale: float) -> None:
     """Store ``layer``'s factors divided by ``scale`` from now on, applying the same ``U·V``."""
     if not is_number(scale) or scale <= 0:
         raise InputError(f"lr_scale={scale!r}: must be a number > 0")

@@ -5,7 +5,7 @@
 and ``W``) does not need. :class:`RecomputedPair` keeps ``x``, ``U`` and ``V``
 only and recomputes ``h`` in the backward pass, one ``N·in·r`` GEMM more per
 layer (the trade CoLA-M makes). Switched on for a whole model with
-:func:`set_recompute`; the layers' parameters and state dicts do not change.
+:func:`espnet_lowrank.surgery.set_recompute`; the layers' parameters and state dicts do not change.
 """
 
 from typing import Optional
@@ -53,16 +53,3 @@ def recomputed_pair(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: Opt
     if not torch.is_grad_enabled():
         return F.linear(F.linear(x, v), u, bias)
     return RecomputedPair.apply(x, u, v, bias)
-
-
-def set_recompute(model: torch.nn.Module, on: bool) -> int:
-    """Make every factorised linear and pointwise-conv layer of ``model``
-    recompute its hidden ``V x`` in the backward pass (or stop); the number of
-    layers switched. Convolutions over time and frequency (the low-rank
-    subsampling) keep autograd's own backward."""
-    from espnet_lowrank.layers import LowRankConv2d, LowRankLinear
-
-    layers = [m for m in model.modules() if isinstance(m, LowRankLinear) and not isinstance(m, LowRankConv2d)]
-    for layer in layers:
-        layer.recompute_hidden = on
-    return len(layers)

@@ -11,9 +11,12 @@ by :func:`check_audio_files`, which names the utterance.
 import functools
 from pathlib import Path
 
+import numpy as np
+import soundfile
 import torch
 
 from espnet_lowrank.errors import InputError
+from espnet_lowrank.kaldi_table import read_table
 
 
 def check_speech(speech: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -49,9 +52,42 @@ def guard_inputs(model: torch.nn.Module) -> torch.nn.Module:
 def check_audio_files(wav_scp: Path, sample_rate: int) -> None:
     """Every file ``wav_scp`` names passes stage 3's checks (decoded to its end, finite, mono, at
     ``sample_rate``), or the first that does not is named with its utterance."""
-    from espnet_lowrank.data.kaldi_dir import read_table
-    from espnet_lowrank.stages.dump import audio_samples
-
     for utt, path in read_table(wav_scp).items():
         if not path.endswith("|"):  # a command's output can only be checked by decoding it
             audio_samples(Path(path), sample_rate, where=f"{wav_scp}: utterance {utt}")
+
+
+def audio_samples(path: Path, sample_rate: int, where: str) -> int:
+    """The sample count of ``path`` once it passes every check, else a
+    :class:`InputError` that starts with ``where``. The file is decoded to its
+    end: a header can be fine and the data broken further in, which training
+    would meet hours later."""
+    if path.is_dir():
+        raise InputError(f"{where}: {path} is a directory, not an audio file")
+    if not path.is_file():
+        raise InputError(f"{where}: audio file {path} does not exist")
+    try:
+        info = soundfile.info(str(path))
+        decoded, non_finite = 0, 0
+        with soundfile.SoundFile(str(path)) as stream:
+            for block in stream.blocks(blocksize=1 << 16, dtype="float32"):
+                decoded += len(block)
+                non_finite += int((~np.isfinite(block)).sum())
+    except Exception as error:
+        raise InputError(f"{where}: cannot read {path}: {error}") from error
+    if decoded != info.frames:
+        raise InputError(f"{where}: {path} is cut short: its header says {info.frames} samples, {decoded} decode")
+    if non_finite:
+        raise InputError(f"{where}: {path} holds {non_finite} non-finite sample(s) (NaN or inf)")
+    if info.frames == 0:
+        raise InputError(f"{where}: {path} holds no audio (0 samples)")
+    if info.channels != 1:
+        raise InputError(
+            f"{where}: {path} has {info.channels} channels; the recipe trains on mono audio "
+            f"(down-mix it first, e.g. sox {path} -c 1 out.wav)"
+        )
+    if info.samplerate != sample_rate:
+        raise InputError(
+            f"{where}: {path} is sampled at {info.samplerate} Hz, the recipe expects {sample_rate} Hz"
+        )
+    return info.frames

@@ -18,6 +18,7 @@ from espnet_lowrank.errors import InputError
 from espnet_lowrank.layers import (
     DENSE_INITS,
     FACTOR_INITS,
+    FactorPair,
     LowRankConv2d,
     LowRankLinear,
     LowRankPointwiseConv1d,
@@ -27,7 +28,8 @@ from espnet_lowrank.rank_mapping import break_even_rank, build_rank_mapping, rat
 from espnet_lowrank.validation import check_choice
 
 
-def _low_rank_class(module: nn.Module, name: str):
+def low_rank_class(module: nn.Module, name: str):
+    """The factor pair that takes the place of the dense ``module`` (named ``name`` in errors)."""
     if isinstance(module, nn.Linear):
         return LowRankLinear
     if (
@@ -89,10 +91,10 @@ def factorize_blocks(
             if ratios[index] is None:
                 continue  # an explicit mapping keeps this block dense
             for path in groups[group]:
-                dense = _get_submodule_or_none(block, path)
+                dense = submodule_or_none(block, path)
                 if dense is None:
                     continue
-                cls = _low_rank_class(dense, f"{index}.{path}")
+                cls = low_rank_class(dense, f"{index}.{path}")
                 matrix = cls.weight_as_matrix(dense.weight)
                 rank = ratio_to_rank(
                     ratios[index], matrix.shape[1], matrix.shape[0], mapping.multiple_of
@@ -118,7 +120,8 @@ def warn_above_break_even(layer: str, rank: int, d_in: int, d_out: int) -> None:
                         f"{d_out}x{d_in} weight, so U·V has as many parameters as dense or more")
 
 
-def _get_submodule_or_none(root: nn.Module, path: str) -> Optional[nn.Module]:
+def submodule_or_none(root: nn.Module, path: str) -> Optional[nn.Module]:
+    """The sub-module at ``path`` (``self_attn.linear_q``), or None where a block lacks it (a macaron feed-forward that is off)."""
     module = root
     for part in path.split("."):
         module = getattr(module, part, None)
@@ -135,10 +138,20 @@ def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
 
 def low_rank_layers(model: nn.Module) -> List[tuple]:
     """``(name, layer)`` of every low-rank layer in ``model``."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FactorPair)]
 
 
-def layers_to(model: nn.Module, key: str, verb: str) -> List[LowRankLinear]:
+def set_recompute(model: nn.Module, on: bool) -> int:
+    """Make every factorised linear and pointwise-conv layer of ``model`` recompute its hidden ``V x`` in
+    the backward pass (:mod:`espnet_lowrank.recompute`), or stop; the number of layers switched.
+    Convolutions over time and frequency (the low-rank subsampling) keep autograd's own backward."""
+    layers = [m for m in model.modules() if isinstance(m, (LowRankLinear, LowRankPointwiseConv1d))]
+    for layer in layers:
+        layer.recompute_hidden = on
+    return len(layers)
+
+
+def layers_to(model: nn.Module, key: str, verb: str) -> List[FactorPair]:
     """The low-rank layers a training aid set by option ``key`` acts on; refused when there are none."""
     layers = [layer for _, layer in low_rank_layers(model)]
     if not layers:

@@ -64,7 +64,7 @@ def prepare_model(model, args: argparse.Namespace) -> None:
     global compiling
 
     if getattr(args, "lowrank_recompute", False):
-        from espnet_lowrank.recompute import set_recompute
+        from espnet_lowrank.surgery import set_recompute
 
         print(f"asr_train: {set_recompute(model, True)} factorised layers recompute V·x in the backward pass",
               file=sys.stderr, flush=True)

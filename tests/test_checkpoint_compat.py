@@ -15,11 +15,11 @@ import torch
 from espnet_lowrank.decoder import LowRankTransformerDecoder
 from espnet_lowrank.encoder import LowRankConformerEncoder
 from espnet_lowrank.guide import guide_alpha, layer_guide
-from espnet_lowrank.layers import LowRankLinear
+from espnet_lowrank.layers import FactorPair
 from espnet_lowrank.lr_scale import lr_scale
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE_SPLIT = "3ba4d41"  # the last commit whose LowRankLinear carried the training aids itself
+BEFORE_SPLIT = "3ba4d41"  # the last commit whose factor pair carried the training aids itself
 VARIANTS = ["guide_mid_schedule", "lr_scale_frobenius"]  # make_aids_fixture.py's
 
 
@@ -71,12 +71,12 @@ def test_the_fixture_exercises_every_aid(saved_before_split):
     assert sorted(fixture["variants"]) == VARIANTS
     scaled = fixture["variants"]["lr_scale_frobenius"]
     encoder, _ = _built(fixture, scaled["extra"])
-    layers = [m for m in encoder.modules() if isinstance(m, LowRankLinear)]
+    layers = [m for m in encoder.modules() if isinstance(m, FactorPair)]
     assert layers and all(lr_scale(layer) == 2.0 for layer in layers)
     guided = fixture["variants"]["guide_mid_schedule"]
     assert int(guided["encoder"]["lowrank_guide.step"]) == 3
     assert any(key.endswith(".guide") for key in guided["encoder"])
     encoder, _ = _built(fixture, guided["extra"])
     encoder.load_state_dict(guided["encoder"], strict=True)
-    layer = next(m for m in encoder.modules() if isinstance(m, LowRankLinear))
+    layer = next(m for m in encoder.modules() if isinstance(m, FactorPair))
     assert layer_guide(layer).alpha == pytest.approx(guide_alpha(3, 10, "cosine"))

@@ -29,7 +29,8 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from espnet_lowrank.cli import COMMANDS, build_parser, parse
+from espnet_lowrank.cli import COMMANDS, build_parser
+from espnet_lowrank.tools.command import parse
 from tiny_recipe import ROOT, run
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

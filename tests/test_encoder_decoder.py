@@ -9,7 +9,7 @@ from conftest import TINY_ENCODER
 from espnet_lowrank import LowRankConformerEncoder, LowRankTransformerDecoder
 from espnet_lowrank.decoder import DECODER_GROUPS
 from espnet_lowrank.encoder import ENCODER_GROUPS
-from espnet_lowrank.layers import LowRankConv2d, LowRankLinear, LowRankPointwiseConv1d
+from espnet_lowrank.layers import FactorPair, LowRankConv2d, LowRankLinear, LowRankPointwiseConv1d
 from espnet_lowrank.surgery import factorize_blocks, low_rank_layers
 
 MAPPINGS = {
@@ -171,7 +171,7 @@ def test_bad_mapping_in_encoder_conf_names_the_key():
 def test_dense_groups_stay_dense():
     encoder = LowRankConformerEncoder(20, **TINY_ENCODER)
     assert low_rank_layers(encoder) == []
-    assert not isinstance(encoder.encoders[0].self_attn.linear_q, LowRankLinear)
+    assert not isinstance(encoder.encoders[0].self_attn.linear_q, FactorPair)
 
 
 @pytest.mark.parametrize("input_layer,convs", [("conv2d", 1), ("conv2d1", 1), ("conv2d2", 1), ("conv2d6", 1), ("conv2d8", 2)])
@@ -185,7 +185,7 @@ def test_input_layer_factorises_the_subsampling_front_end(input_layer, convs):
     assert isinstance(encoder.embed.conv[0], torch.nn.Conv2d)  # one input channel: kept dense
     assert encoder.lowrank_ranks["embed.conv.2"] == 8  # 0.25 of min(32, 32·kh·kw)
     # the projection to output_size stays dense: its rank would cap the encoder's input
-    assert not any(isinstance(m, LowRankLinear) and not isinstance(m, LowRankConv2d)
+    assert not any(isinstance(m, (LowRankLinear, LowRankPointwiseConv1d))
                    for m in layers.values())
     speech, lengths = _speech(frames=80)
     out, out_lengths, _ = encoder(speech, lengths)

@@ -11,7 +11,7 @@ from conftest import TINY_ENCODER
 from espnet_lowrank.decoder import LowRankTransformerDecoder
 from espnet_lowrank.encoder import LowRankConformerEncoder
 from espnet_lowrank.guide import add_guide, guide_alpha, layer_guide
-from espnet_lowrank.layers import LowRankConv2d, LowRankLinear, LowRankPointwiseConv1d
+from espnet_lowrank.layers import FactorPair, LowRankConv2d, LowRankLinear, LowRankPointwiseConv1d
 
 GROUPS = dict(
     lowrank_attention={"mapping": "constant", "ratio": 0.5},
@@ -65,7 +65,7 @@ def test_guided_output_mixes_the_dense_and_the_factored_path(make, shape):
 
 def test_schedule_counts_training_batches_and_drops_the_guides_at_zero():
     encoder = _encoder({"steps": 4, "schedule": "linear"})
-    layers = [m for m in encoder.modules() if isinstance(m, LowRankLinear)]
+    layers = [m for m in encoder.modules() if isinstance(m, FactorPair)]
     plain_params = sum(p.numel() for p in _encoder().parameters())
     assert sum(p.numel() for p in encoder.parameters()) > plain_params
     _train_forwards(encoder, 2)
@@ -130,7 +130,7 @@ def test_a_finished_checkpoint_loads_guide_free_into_the_training_config():
     state = encoder.state_dict()
     fresh = _encoder({"steps": 2})  # as Speech2Text builds it from the training config.yaml
     fresh.load_state_dict(state, strict=True)
-    assert not any(layer_guide(m) for m in fresh.modules() if isinstance(m, LowRankLinear))
+    assert not any(layer_guide(m) for m in fresh.modules() if isinstance(m, FactorPair))
     assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in _encoder().parameters())
     # ESPnet averages checkpoints by summing integer buffers: still finished
     averaged = {k: v + v if not v.is_floating_point() else v for k, v in state.items()}
@@ -151,7 +151,7 @@ def test_espnet_init_restarts_the_guide_at_the_new_factors():
 
     encoder = _encoder({"steps": 5})
     initialize(encoder, "xavier_uniform")
-    for layer in (m for m in encoder.modules() if isinstance(m, LowRankLinear)):
+    for layer in (m for m in encoder.modules() if isinstance(m, FactorPair)):
         torch.testing.assert_close(layer.guide, layer.U @ layer.V)
 
 

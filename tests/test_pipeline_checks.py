@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from espnet_lowrank.errors import InputError
 from espnet_lowrank.stages import StageError, marker
 from espnet_lowrank.stages.dump import filter_dir, format_dir
 from tests.test_run_sh import ROOT, recipe_dir, run
@@ -226,7 +227,7 @@ def test_stage_3_names_the_utterance_and_file_it_cannot_use(tmp_path, kind, mess
     else:
         bad.write_bytes(b"RIFF" + os.urandom(200))
     source = data_dir(tmp_path / "data", {"a1": good, "b2": bad})
-    with pytest.raises(StageError, match=rf"stage 3: .*wav\.scp: utterance b2: .*{re.escape(message)}"):
+    with pytest.raises(InputError, match=rf"stage 3: .*wav\.scp: utterance b2: .*{re.escape(message)}"):
         format_dir(source, tmp_path / "dump")
     assert not (tmp_path / "dump").exists()
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from espnet_lowrank.data.kaldi_dir import Utterance, read_data_dir, read_table, write_data_dir
+from espnet_lowrank.errors import InputError
+from espnet_lowrank.data.kaldi_dir import Utterance, read_data_dir, write_data_dir
+from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.stages import StageError, dump, score, speed_perturb, token_list
 from espnet_lowrank.stages.decode import split_keys
 
@@ -45,7 +47,7 @@ def test_format_counts_samples(tmp_path):
 def test_format_names_a_missing_audio_file(tmp_path):
     data = make_dir(tmp_path)
     (tmp_path / "audio" / "spk1-1.flac").unlink()
-    with pytest.raises(StageError, match=r"stage 3: .*wav.scp: utterance spk1-1: audio file .*spk1-1.flac does not exist"):
+    with pytest.raises(InputError, match=r"stage 3: .*wav.scp: utterance spk1-1: audio file .*spk1-1.flac does not exist"):
         dump.format_dir(data, tmp_path / "dump")
     assert not (tmp_path / "dump").exists()
 
@@ -53,7 +55,7 @@ def test_format_names_a_missing_audio_file(tmp_path):
 def test_format_names_an_unreadable_audio_file(tmp_path):
     data = make_dir(tmp_path)
     (tmp_path / "audio" / "spk1-2.flac").write_bytes(b"not audio at all")
-    with pytest.raises(StageError, match=r"stage 3: .*utterance spk1-2: cannot read .*spk1-2.flac"):
+    with pytest.raises(InputError, match=r"stage 3: .*utterance spk1-2: cannot read .*spk1-2.flac"):
         dump.format_dir(data, tmp_path / "dump")
 
 
@@ -67,7 +69,7 @@ def test_format_decodes_every_file_to_its_end(tmp_path, nj):
     whole = flac.read_bytes()
     flac.write_bytes(whole[: int(len(whole) * 0.6)])  # cut short, the header still says 3 s
     assert soundfile.info(str(flac)).frames == 48000
-    with pytest.raises(StageError, match=r"stage 3: .*utterance spk1-2: cannot read .*spk1-2.flac.*lost sync"):
+    with pytest.raises(InputError, match=r"stage 3: .*utterance spk1-2: cannot read .*spk1-2.flac.*lost sync"):
         dump.format_dir(data, tmp_path / "dump", nj=nj)
     assert not (tmp_path / "dump").exists()
 
@@ -77,7 +79,7 @@ def test_format_names_non_finite_samples(tmp_path):
     samples = np.zeros(16000, dtype=np.float32)
     samples[12345] = np.nan
     soundfile.write(tmp_path / "audio" / "spk1-0.flac", samples, 16000, format="WAV", subtype="FLOAT")
-    with pytest.raises(StageError, match=r"utterance spk1-0: .*spk1-0.flac holds 1 non-finite sample"):
+    with pytest.raises(InputError, match=r"utterance spk1-0: .*spk1-0.flac holds 1 non-finite sample"):
         dump.format_dir(data, tmp_path / "dump", nj=2)
 
 
@@ -91,7 +93,7 @@ def test_format_names_a_transcript_without_audio(tmp_path):
 
 def test_format_refuses_another_sample_rate(tmp_path):
     data = make_dir(tmp_path, rate=8000)
-    with pytest.raises(StageError, match=r"utterance spk1-0: .* 8000 Hz, the recipe expects 16000 Hz"):
+    with pytest.raises(InputError, match=r"utterance spk1-0: .* 8000 Hz, the recipe expects 16000 Hz"):
         dump.format_dir(data, tmp_path / "dump")
 
 

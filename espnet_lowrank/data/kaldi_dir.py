@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List
 
 from espnet_lowrank.errors import InputError, one_line_errors
+from espnet_lowrank.kaldi_table import read_table
 
 
 @dataclass(frozen=True)
@@ -64,24 +65,6 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old)
     else:
         os.rename(new, target)
-
-
-def read_table(path: Path) -> Dict[str, str]:
-    """``key rest-of-line`` files (wav.scp, text, utt2spk) as a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist")
-    table: Dict[str, str] = {}
-    with path.open(encoding="utf-8") as stream:
-        for number, line in enumerate(stream, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            key, _, value = line.partition(" ")
-            if key in table:
-                raise InputError(f"{path}:{number}: {key} appears twice")
-            table[key] = value
-    return table
 
 
 def read_data_dir(data_dir: Path) -> List[Utterance]:

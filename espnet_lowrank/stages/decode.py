@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
-from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.errors import nearly_full, one_line_errors, writing_into
 from espnet_lowrank.stages import StageError, marker
 from espnet_lowrank.stages.lock import exclusive

@@ -16,12 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import numpy as np
-import soundfile
 from tqdm import tqdm
 
-from espnet_lowrank.data.kaldi_dir import read_data_dir, read_table, replace_dir, write_data_dir
+from espnet_lowrank.data.kaldi_dir import read_data_dir, replace_dir, write_data_dir
 from espnet_lowrank.errors import InputError, leave_ctrl_c_to_the_parent, one_line_errors, writing_into
+from espnet_lowrank.kaldi_table import read_table
+from espnet_lowrank.speech_input import audio_samples
 from espnet_lowrank.stages import StageError
 
 
@@ -48,42 +48,6 @@ def format_dir(data_dir: Path, out_dir: Path, sample_rate: int = 16000, nj: int 
 
 def _audio_samples_of(job) -> int:
     return audio_samples(*job)
-
-
-def audio_samples(path: Path, sample_rate: int, where: str) -> int:
-    """The sample count of ``path`` once it passes every check, else a
-    :class:`StageError` that starts with ``where``. The file is decoded to its
-    end: a header can be fine and the data broken further in, which training
-    would meet hours later."""
-    if path.is_dir():
-        raise StageError(f"{where}: {path} is a directory, not an audio file")
-    if not path.is_file():
-        raise StageError(f"{where}: audio file {path} does not exist")
-    try:
-        info = soundfile.info(str(path))
-        decoded, non_finite = 0, 0
-        with soundfile.SoundFile(str(path)) as stream:
-            for block in stream.blocks(blocksize=1 << 16, dtype="float32"):
-                decoded += len(block)
-                non_finite += int((~np.isfinite(block)).sum())
-    except Exception as error:
-        raise StageError(f"{where}: cannot read {path}: {error}") from error
-    if decoded != info.frames:
-        raise StageError(f"{where}: {path} is cut short: its header says {info.frames} samples, {decoded} decode")
-    if non_finite:
-        raise StageError(f"{where}: {path} holds {non_finite} non-finite sample(s) (NaN or inf)")
-    if info.frames == 0:
-        raise StageError(f"{where}: {path} holds no audio (0 samples)")
-    if info.channels != 1:
-        raise StageError(
-            f"{where}: {path} has {info.channels} channels; the recipe trains on mono audio "
-            f"(down-mix it first, e.g. sox {path} -c 1 out.wav)"
-        )
-    if info.samplerate != sample_rate:
-        raise StageError(
-            f"{where}: {path} is sampled at {info.samplerate} Hz, the recipe expects {sample_rate} Hz"
-        )
-    return info.frames
 
 
 def filter_dir(

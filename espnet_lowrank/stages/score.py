@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import jiwer
 
 from espnet_lowrank import machine
-from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import sentencepiece
 
-from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 

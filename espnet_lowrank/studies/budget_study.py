@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Sequence
 
-from espnet_lowrank.cli import command_main
+from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.studies.history import training_history
 from espnet_lowrank.studies.recipe import Recipe
@@ -69,7 +69,7 @@ def decode_and_score(name: str, config: Path, model: Path, work: Path, recipe: P
 
 
 def differing_hypotheses(first: Row, second: Row) -> int:
-    from espnet_lowrank.data.kaldi_dir import read_table
+    from espnet_lowrank.kaldi_table import read_table
 
     one, other = read_table(Path(first.hypotheses)), read_table(Path(second.hypotheses))
     return sum(one[key].strip() != other.get(key, "").strip() for key in one)

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Sequence
 
-from espnet_lowrank.cli import command_main
+from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.studies.compare_table import Run, markdown, plot, plot_wer
 from espnet_lowrank.studies.entries import Entry, PlannedRun, planned_runs

@@ -28,7 +28,7 @@ from typing import Iterator, List, Sequence
 
 import torch
 
-from espnet_lowrank.cli import command_main
+from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.studies.recipe import Recipe
 

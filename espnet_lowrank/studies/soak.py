@@ -28,8 +28,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from espnet_lowrank.cli import command_main
-from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.tools.command import command_main
+from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.studies.recipe import Recipe
 

@@ -29,12 +29,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from espnet_lowrank import machine
-from espnet_lowrank.cli import command_main
+from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.compiling import compile_blocks
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.guide import finish_guides
 from espnet_lowrank.model_config import build_model, count_parameters
-from espnet_lowrank.recompute import set_recompute
+from espnet_lowrank.surgery import set_recompute
 from espnet_lowrank.layer_speed import timed
 from espnet_lowrank.recipe_batch import LIBRISPEECH_100_BATCH_BINS, recipe_batch, synthetic_batch
 from espnet_lowrank.step_profile import format_profile, profile_step

@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from espnet_lowrank import machine
-from espnet_lowrank.cli import command_main
+from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.stages.decode import decode
 

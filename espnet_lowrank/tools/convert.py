@@ -37,9 +37,9 @@ import torch
 import yaml
 
 from espnet_lowrank import budget, layer_speed, packing
-from espnet_lowrank.cli import command_main
+from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.errors import InputError
-from espnet_lowrank.layers import LowRankLinear
+from espnet_lowrank.layers import FactorPair
 from espnet_lowrank.model_files import load_weights
 from espnet_lowrank.model_config import build_model, count_parameters, read_config, training_options
 from espnet_lowrank.surgery import factorize_state_dict
@@ -115,7 +115,7 @@ def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, e
         values = lowrank_options(dense_config, like)
         shaped = _build(values)
         units = [unit for unit in units
-                 if all(isinstance(shaped.get_submodule(module), LowRankLinear) for module in unit.modules)]
+                 if all(isinstance(shaped.get_submodule(module), FactorPair) for module in unit.modules)]
         multiple_of = {unit.group_name: _mapping(values, unit).get("multiple_of", 1) for unit in units}
         for unit in units:  # its mappings give way to the explicit ones below
             values[f"{unit.part}_conf"].pop(f"lowrank_{unit.group}", None)

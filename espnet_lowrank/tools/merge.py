@@ -24,7 +24,7 @@ import yaml
 
 from espnet_lowrank import packing
 from espnet_lowrank.checkpoints import atomic_save
-from espnet_lowrank.cli import command_main
+from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, count_parameters, dense_twin, read_config, uses_low_rank
 from espnet_lowrank.model_files import load_weights

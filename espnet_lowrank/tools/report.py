@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from espnet_lowrank.cli import command_main
+from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, count_parameters
 

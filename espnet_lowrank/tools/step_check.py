@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence
 import soundfile
 import torch
 
-from espnet_lowrank.cli import command_main
-from espnet_lowrank.data.kaldi_dir import read_table
+from espnet_lowrank.tools.command import command_main
+from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.model_config import build_model, config_args, read_token_list
 from espnet_lowrank.model_files import load_weights
