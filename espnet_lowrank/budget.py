@@ -30,16 +30,22 @@ from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple, 
 import torch
 from torch import nn
 
+from espnet_lowrank.architectures import Architecture, of_dense_module
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.rank_mapping import break_even_rank
+from espnet_lowrank.surgery import low_rank_class, submodule_or_none
 
 
-def _groups() -> Dict[str, Mapping[str, Sequence[str]]]:
-    """The groups the budget may factorise: the low-rank classes' own, by part."""
-    from espnet_lowrank.decoder import DECODER_GROUPS
-    from espnet_lowrank.encoder import ENCODER_GROUPS
-
-    return {"encoder": ENCODER_GROUPS, "decoder": DECODER_GROUPS}
+def budgeted_parts(dense_model: nn.Module) -> Dict[str, Architecture]:
+    """The parts of a dense model a budget may factorise, each with ours that replaces it: those whose
+    class one of ours extends (:mod:`espnet_lowrank.architectures`)."""
+    parts = {}
+    for part in ("encoder", "decoder"):
+        module = getattr(dense_model, part, None)
+        twin = of_dense_module(module) if module is not None else None
+        if twin is not None:
+            parts[part] = twin
+    return parts
 
 
 @dataclass(frozen=True)
@@ -193,14 +199,13 @@ def equal_energy_start(options: Mapping[str, Sequence[Tuple[int, int, float]]], 
 
 def budget_units(dense_model: nn.Module, dense_state: Mapping[str, torch.Tensor],
                  exclude: Sequence[str] = ()) -> List[Unit]:
-    """Every factorisable group of every block of a dense Conformer/Transformer ASR model, from its
-    trained weights; ``exclude`` names what stays dense: groups (``encoder.convolution``) or whole
+    """Every factorisable group of every block of a dense ASR model (the parts of it that
+    :func:`budgeted_parts` finds), from its trained weights; ``exclude`` names what stays dense: groups (``encoder.convolution``) or whole
     blocks, by their module path (``encoder.encoders.0``)."""
-    from espnet_lowrank.surgery import low_rank_class, submodule_or_none
-
-    groups = _groups()
-    blocks = {"encoder": ("encoder.encoders", dense_model.encoder.encoders),
-              "decoder": ("decoder.decoders", dense_model.decoder.decoders)}
+    parts = budgeted_parts(dense_model)
+    groups = {part: twin.groups for part, twin in parts.items()}
+    blocks = {part: (f"{part}.{twin.blocks}", getattr(getattr(dense_model, part), twin.blocks))
+              for part, twin in parts.items()}
     known = [f"{part}.{group}" for part, part_groups in groups.items() for group in part_groups]
     known_blocks = [f"{prefix}.{index}" for prefix, modules in blocks.values() for index in range(len(modules))]
     for name in exclude:

@@ -17,11 +17,9 @@ from typing import List
 
 import torch
 
+from espnet_lowrank.architectures import BLOCK_CONTAINERS
 from espnet_lowrank.errors import InputError
 
-#: the containers of blocks in ESPnet's encoders and decoders (Conformer,
-#: E-Branchformer, Transformer, and ours)
-BLOCK_CONTAINERS = ("encoder.encoders", "decoder.decoders")
 #: graphs a block function may hold before dynamo falls back to eager: a
 #: training needs a few (a static first graph, a dynamic one, a batch of one);
 #: ``bench`` compiles one per config, precision and memory option

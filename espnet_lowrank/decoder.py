@@ -7,23 +7,12 @@ from typeguard import typechecked
 
 from espnet_lowrank._compat import PositionalEncoding
 from espnet_lowrank._passthrough import parent_kwargs
+from espnet_lowrank.architectures import BY_CHOICE
 from espnet_lowrank.frobenius import apply_frobenius_decay
 from espnet_lowrank.guide import GuidedTraining
 from espnet_lowrank.lr_scale import apply_lr_scale
 from espnet_lowrank.strict_loading import CheckedStateDictLoading
 from espnet_lowrank.surgery import factorize_blocks
-
-
-def _attention(name: str) -> tuple:
-    return tuple(f"{name}.linear_{part}" for part in ("q", "k", "v", "out"))
-
-
-#: Layer groups of one decoder block, by sub-layer path.
-DECODER_GROUPS = {
-    "self_attention": _attention("self_attn"),
-    "src_attention": _attention("src_attn"),
-    "feed_forward": ("feed_forward.w_1", "feed_forward.w_2"),
-}
 
 
 class LowRankTransformerDecoder(GuidedTraining, CheckedStateDictLoading, TransformerDecoder):
@@ -32,7 +21,7 @@ class LowRankTransformerDecoder(GuidedTraining, CheckedStateDictLoading, Transfo
     :class:`espnet_lowrank.encoder.LowRankConformerEncoder`."""
 
     #: the ``lowrank_<group>`` options' sub-layers in each block
-    LOWRANK_GROUPS = DECODER_GROUPS
+    LOWRANK_GROUPS = BY_CHOICE["lowrank_transformer"].groups
 
     @typechecked
     def __init__(
@@ -75,7 +64,7 @@ class LowRankTransformerDecoder(GuidedTraining, CheckedStateDictLoading, Transfo
         )
         self.lowrank_ranks = factorize_blocks(
             self.decoders,
-            DECODER_GROUPS,
+            self.LOWRANK_GROUPS,
             {
                 "self_attention": lowrank_self_attention,
                 "src_attention": lowrank_src_attention,

@@ -6,30 +6,10 @@ from espnet2.asr.encoder.e_branchformer_encoder import EBranchformerEncoder
 from typeguard import typechecked
 
 from espnet_lowrank._passthrough import parent_kwargs
+from espnet_lowrank.architectures import BY_CHOICE
 from espnet_lowrank.encoder import factorise_encoder
 from espnet_lowrank.guide import GuidedTraining
 from espnet_lowrank.strict_loading import CheckedStateDictLoading
-
-#: Layer groups of one E-Branchformer block, by sub-layer path. The cgMLP's
-#: depthwise convolution and its gate's optional linear stay dense: they act
-#: per channel or are small; the channel projections carry its parameters.
-E_BRANCHFORMER_GROUPS = {
-    "attention": (
-        "attn.linear_q",
-        "attn.linear_k",
-        "attn.linear_v",
-        "attn.linear_out",
-    ),
-    "feed_forward": (
-        "feed_forward.w_1",
-        "feed_forward.w_2",
-        "feed_forward_macaron.w_1",
-        "feed_forward_macaron.w_2",
-    ),
-    "cgmlp": ("cgmlp.channel_proj1.0", "cgmlp.channel_proj2"),
-    "merge": ("merge_proj",),
-}
-
 
 class LowRankEBranchformerEncoder(GuidedTraining, CheckedStateDictLoading, EBranchformerEncoder):
     """E-Branchformer encoder whose attention, feed-forward (macaron too, with
@@ -43,7 +23,7 @@ class LowRankEBranchformerEncoder(GuidedTraining, CheckedStateDictLoading, EBran
     """
 
     #: the ``lowrank_<group>`` options' sub-layers in each block
-    LOWRANK_GROUPS = E_BRANCHFORMER_GROUPS
+    LOWRANK_GROUPS = BY_CHOICE["lowrank_e_branchformer"].groups
 
     @typechecked
     def __init__(
@@ -100,7 +80,7 @@ class LowRankEBranchformerEncoder(GuidedTraining, CheckedStateDictLoading, EBran
         )
         factorise_encoder(
             self,
-            E_BRANCHFORMER_GROUPS,
+            self.LOWRANK_GROUPS,
             {
                 "attention": lowrank_attention,
                 "feed_forward": lowrank_feed_forward,

@@ -6,29 +6,12 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from typeguard import typechecked
 
 from espnet_lowrank._passthrough import parent_kwargs
+from espnet_lowrank.architectures import BY_CHOICE
 from espnet_lowrank.frobenius import apply_frobenius_decay
 from espnet_lowrank.guide import GuidedTraining
 from espnet_lowrank.lr_scale import apply_lr_scale
 from espnet_lowrank.strict_loading import CheckedStateDictLoading
 from espnet_lowrank.surgery import factorize_blocks
-
-#: Layer groups of one Conformer block, by sub-layer path.
-ENCODER_GROUPS = {
-    "attention": (
-        "self_attn.linear_q",
-        "self_attn.linear_k",
-        "self_attn.linear_v",
-        "self_attn.linear_out",
-    ),
-    "feed_forward": (
-        "feed_forward.w_1",
-        "feed_forward.w_2",
-        "feed_forward_macaron.w_1",
-        "feed_forward_macaron.w_2",
-    ),
-    "convolution": ("conv_module.pointwise_conv1", "conv_module.pointwise_conv2"),
-}
-
 
 #: Factorisable layers of a convolutional subsampling front end
 #: (``input_layer: conv2d*``): the channel-mixing convolutions after the first
@@ -54,7 +37,7 @@ class LowRankConformerEncoder(GuidedTraining, CheckedStateDictLoading, Conformer
     """
 
     #: the ``lowrank_<group>`` options' sub-layers in each block
-    LOWRANK_GROUPS = ENCODER_GROUPS
+    LOWRANK_GROUPS = BY_CHOICE["lowrank_conformer"].groups
 
     @typechecked
     def __init__(
@@ -110,7 +93,7 @@ class LowRankConformerEncoder(GuidedTraining, CheckedStateDictLoading, Conformer
         )
         factorise_encoder(
             self,
-            ENCODER_GROUPS,
+            self.LOWRANK_GROUPS,
             {
                 "attention": lowrank_attention,
                 "feed_forward": lowrank_feed_forward,

@@ -47,6 +47,19 @@ class Probe:
         return contextlib.nullcontext()
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Where the ``no_slower`` budget times its layers: the recipe's shape files (empty: uniform 12 s
+    utterances) and the device training uses."""
+
+    shape_files: Tuple[str, ...] = ()
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def probe(self, config: Mapping) -> Probe:
+        """The probe for a training ``config``: its precision is the one timed."""
+        return Probe(self.device, amp=bool(config.get("use_amp")))
+
+
 def layer_inputs(model: nn.Module, batch: Mapping[str, torch.Tensor], modules: Sequence[str]) -> Dict[str, torch.Size]:
     """The input shape each of ``modules`` gets in one forward pass of ``model`` over ``batch``."""
     shapes: Dict[str, torch.Size] = {}

@@ -17,6 +17,7 @@ import yaml
 
 import espnet_lowrank  # noqa: F401  (registers the low-rank classes)
 
+from espnet_lowrank.architectures import ARCHITECTURES
 from espnet_lowrank.errors import InputError
 
 
@@ -47,17 +48,20 @@ def read_token_list(path: Union[str, Path]) -> List[str]:
 
 
 def config_args(
-    config: Union[str, Path],
+    config: Union[str, Path, Mapping[str, Any]],
     token_list: Optional[Sequence[str]] = None,
     vocab_size: Optional[int] = None,
     overrides: Mapping[str, Any] = {},
+    where: Optional[str] = None,
 ) -> argparse.Namespace:
     """ESPnet's training arguments for ``config``: the parser's defaults, then
     the YAML (a hand-written one or the ``config.yaml`` a training run saved),
     then ``overrides``. The vocabulary comes from ``token_list``, from
     ``vocab_size`` placeholder tokens, or from the config's own
-    ``token_list`` (a file, or the list a saved config holds), in that order."""
+    ``token_list`` (a file, or the list a saved config holds), in that order. ``config`` may also be
+    the options themselves, as :func:`read_config` gives them; errors name ``where`` they came from."""
     values = read_config(config)
+    config = where or config
     parser = training_parser()
     known = {action.dest for action in parser._actions if action.option_strings}
     # A saved config.yaml also records bookkeeping the parser refuses as
@@ -111,17 +115,11 @@ def training_options(values: Mapping[str, Any]) -> dict:
 #: Keys ESPnet's ``AbsTask.main`` adds to the ``config.yaml`` it saves, which are not options.
 SAVED_BY_ESPNET = frozenset({"version", "distributed"})
 
-#: Each low-rank class, by ESPnet choice name: the part it is, and its dense parent's choice name.
-DENSE_TWINS = {
-    "lowrank_conformer": ("encoder", "conformer"),
-    "lowrank_e_branchformer": ("encoder", "e_branchformer"),
-    "lowrank_transformer": ("decoder", "transformer"),
-}
-
-
-def read_config(config: Union[str, Path]) -> dict:
+def read_config(config: Union[str, Path, Mapping[str, Any]]) -> dict:
     """The option mapping of a training YAML (a hand-written one or a saved
-    ``config.yaml``)."""
+    ``config.yaml``); a copy, given the mapping itself."""
+    if isinstance(config, Mapping):
+        return dict(config)
     config = Path(config)
     if not config.is_file():
         raise InputError(f"config {config} does not exist")
@@ -135,16 +133,16 @@ def read_config(config: Union[str, Path]) -> dict:
 def uses_low_rank(values: Mapping[str, Any]) -> bool:
     """Whether the training options build one of our low-rank classes (else the
     config is dense and has nothing to factorise)."""
-    return any(values.get(part) == ours for ours, (part, _) in DENSE_TWINS.items())
+    return any(values.get(ours.part) == ours.choice for ours in ARCHITECTURES)
 
 
 def dense_twin(values: Mapping[str, Any]) -> dict:
     """The same training options with every low-rank setting off: ESPnet's
     own Conformer/Transformer in place of ours, no ``lowrank_*`` options."""
     twin = dict(values)
-    for ours, (part, parent) in DENSE_TWINS.items():
-        if twin.get(part) == ours:
-            twin[part] = parent
+    for ours in ARCHITECTURES:
+        if twin.get(ours.part) == ours.choice:
+            twin[ours.part] = ours.dense_choice
     for part in ("encoder", "decoder"):
         conf = twin.get(f"{part}_conf")
         if isinstance(conf, Mapping):
@@ -177,7 +175,7 @@ def check_part_options(config, values: Mapping[str, Any]) -> None:
             if key.startswith("lowrank_") and ours:
                 hint = f"{name}'s low-rank options are {', '.join(ours)}"
             elif key.startswith("lowrank_"):
-                twins = [ours for ours, (_, parent) in DENSE_TWINS.items() if parent == name]
+                twins = [ours.choice for ours in ARCHITECTURES if ours.part == part and ours.dense_choice == name]
                 hint = f"{name} is dense: use {twins[0] if twins else 'one of ours'} for low-rank options"
             else:
                 close = difflib.get_close_matches(key, accepted, n=1)
@@ -185,9 +183,9 @@ def check_part_options(config, values: Mapping[str, Any]) -> None:
             raise InputError(f"config {config}: {part}_conf.{key} is not an option of {part} {name!r}; {hint}")
 
 
-def build_model(config, token_list=None, vocab_size=None, overrides={}):
-    """The ``ESPnetASRModel`` that ``asr_train`` would build from ``config``."""
-    return asr_task().build_model(config_args(config, token_list, vocab_size, overrides))
+def build_model(config, token_list=None, vocab_size=None, overrides={}, where=None):
+    """The ``ESPnetASRModel`` that ``asr_train`` would build from ``config`` (see :func:`config_args`)."""
+    return asr_task().build_model(config_args(config, token_list, vocab_size, overrides, where))
 
 
 def count_parameters(module) -> int:

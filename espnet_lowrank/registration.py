@@ -23,12 +23,6 @@ line on stderr says why.
 import sys
 
 ASR_TASK = "espnet2.tasks.asr"
-#: each choice name of ours: (the part it is, module, class)
-CHOICES = {
-    "lowrank_conformer": ("encoder", "espnet_lowrank.encoder", "LowRankConformerEncoder"),
-    "lowrank_e_branchformer": ("encoder", "espnet_lowrank.e_branchformer", "LowRankEBranchformerEncoder"),
-    "lowrank_transformer": ("decoder", "espnet_lowrank.decoder", "LowRankTransformerDecoder"),
-}
 
 #: set by our entry points: what registration adds applies to every model they build, dense ones too
 _every_model = False
@@ -51,13 +45,15 @@ def register() -> None:
     from espnet2.asr.encoder.abs_encoder import AbsEncoder
     from espnet2.tasks import asr
 
+    from espnet_lowrank.architectures import ARCHITECTURES
+
     bases = {"encoder": AbsEncoder, "decoder": AbsDecoder}
     classes = {}
-    for name, (part, module, class_name) in CHOICES.items():  # everything that can fail, before any change
-        cls = getattr(importlib.import_module(module), class_name)
-        assert name == name.lower(), "ESPnet lower-cases choice names"
-        assert issubclass(cls, bases[part]), f"{cls.__name__} must derive from {bases[part].__name__}"
-        classes[name] = (getattr(asr, f"{part}_choices"), cls)
+    for ours in ARCHITECTURES:  # everything that can fail, before any change
+        cls = getattr(importlib.import_module(ours.module), ours.class_name)
+        assert ours.choice == ours.choice.lower(), "ESPnet lower-cases choice names"
+        assert issubclass(cls, bases[ours.part]), f"{cls.__name__} must derive from {bases[ours.part].__name__}"
+        classes[ours.choice] = (getattr(asr, f"{ours.part}_choices"), cls)
     for name, (choices, cls) in classes.items():
         choices.classes[name] = cls
     task = asr.ASRTask
@@ -69,8 +65,10 @@ def register() -> None:
 
 def uses_our_classes(values) -> bool:
     """Whether a run's options (a mapping, or ESPnet's parsed arguments) build one of our classes."""
+    from espnet_lowrank.architectures import ARCHITECTURES
+
     values = values if isinstance(values, dict) else vars(values)
-    return any(values.get(part) == name for name, (part, *_) in CHOICES.items())
+    return any(values.get(ours.part) == ours.choice for ours in ARCHITECTURES)
 
 
 def _model_uses_our_classes(model) -> bool:

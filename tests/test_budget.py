@@ -12,7 +12,7 @@ from espnet_lowrank import budget
 from espnet_lowrank.model_config import build_model, count_parameters, read_config
 from espnet_lowrank.rank_mapping import break_even_rank
 from espnet_lowrank.surgery import low_rank_layers
-from espnet_lowrank.tools.convert import budgeted_config, convert
+from espnet_lowrank.conversion import budgeted_config, convert
 
 CONF = Path(__file__).resolve().parent / "conf"
 TOKENS = ["<blank>", "<unk>", *"abcdefghijklmnop", "<sos/eos>"]
@@ -180,7 +180,7 @@ def test_convert_no_slower_times_the_layers_at_the_batch_and_writes_the_budget(d
     assert abs(count_parameters(lowrank) / count_parameters(dense_run["model"]) - 0.6) <= 0.01
     for name, layer in low_rank_layers(lowrank):
         block = int(name.split(".")[2])
-        group = next(g for g, paths in budget._groups()[name.split(".")[0]].items()
+        group = next(g for g, paths in budget.budgeted_parts(dense_run["model"])[name.split(".")[0]].groups.items()
                      if any(name.endswith(path) for path in paths))
         assert layer.rank not in _ranks_of(slower[f"{name.split('.')[0]}.{group}"][block])
 
@@ -329,3 +329,57 @@ def test_convert_refuses_options_that_contradict(dense_run, tmp_path, argv, mess
         main(["--dense_config", str(dense_run["config"]), "--dense_model", str(dense_run["weights"]),
               "--out", str(tmp_path / "out.pth"), *argv])
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_an_e_branchformer_is_budgeted_in_its_own_groups(tmp_path):
+    """The budget reads its groups from the architectures table: an E-Branchformer's cgMLP and merge
+    projections are budgeted as the Conformer's groups are."""
+    from espnet2.asr.encoder.e_branchformer_encoder import EBranchformerEncoder
+
+    from espnet_lowrank.conversion import convert_by_budget
+    from espnet_lowrank.e_branchformer import LowRankEBranchformerEncoder
+    from espnet_lowrank.model_config import dense_twin
+
+    values = dense_twin(read_config(CONF / "tiny_lowrank_e_branchformer.yaml"))
+    values["token_list"] = TOKENS
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    torch.manual_seed(0)
+    dense = build_model(tmp_path / "config.yaml")
+    assert type(dense.encoder) is EBranchformerEncoder
+    torch.save(dense.state_dict(), tmp_path / "dense.pth")
+    config, result, rows = convert_by_budget(tmp_path / "config.yaml", tmp_path / "dense.pth", 0.6,
+                                             tmp_path / "lr" / "model.pth", multiple_of=2, allocator="equal_energy")
+    assert {unit.group_name for unit in result["units"]} >= {"encoder.cgmlp", "encoder.merge", "decoder.feed_forward"}
+    lowrank = build_model(config)
+    assert isinstance(lowrank.encoder, LowRankEBranchformerEncoder)
+    assert count_parameters(lowrank) == result["params"]
+    assert abs(result["params"] / count_parameters(dense) - 0.6) <= 0.01
+    lowrank.load_state_dict(torch.load(tmp_path / "lr" / "model.pth"), strict=True)
+    assert {row["group"] for row in rows} >= {"encoder cgmlp", "encoder merge"}
+
+
+def test_a_budget_conversion_reads_the_dense_run_once_and_builds_each_model_once(dense_run, tmp_path,
+                                                                                  monkeypatch):
+    from espnet_lowrank import conversion
+
+    calls = {"read": [], "build": 0, "load": 0}
+    read, build, load = conversion.read_config, conversion.build_model, conversion.load_weights
+
+    def counting_read(config):
+        calls["read"].append(config)
+        return read(config)
+
+    def counting_build(values, where):
+        calls["build"] += 1
+        return build(values, where=where)
+
+    def counting_load(path):
+        calls["load"] += 1
+        return load(path)
+
+    monkeypatch.setattr(conversion, "read_config", counting_read)
+    monkeypatch.setattr(conversion, "build_model", counting_build)
+    monkeypatch.setattr(conversion, "load_weights", counting_load)
+    conversion.convert_by_budget(dense_run["config"], dense_run["weights"], 0.6, tmp_path / "lr" / "model.pth",
+                                 multiple_of=2)
+    assert calls == {"read": [dense_run["config"]], "build": 2, "load": 1}  # the dense model, then the low-rank one

@@ -11,7 +11,7 @@ import yaml
 
 from espnet_lowrank.model_config import build_model, dense_twin, read_config
 from espnet_lowrank.surgery import low_rank_layers
-from espnet_lowrank.tools.convert import convert
+from espnet_lowrank.conversion import convert
 
 CONF = Path(__file__).resolve().parent / "conf"
 TOKENS = ["<blank>", "<unk>", *"abcdefghijklmnop", "<sos/eos>"]

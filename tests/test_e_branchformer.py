@@ -13,7 +13,7 @@ from espnet2.asr.encoder.e_branchformer_encoder import EBranchformerEncoder
 from espnet2.bin.asr_inference import Speech2Text
 from espnet2.tasks.asr import encoder_choices
 
-from espnet_lowrank.e_branchformer import E_BRANCHFORMER_GROUPS, LowRankEBranchformerEncoder
+from espnet_lowrank.e_branchformer import LowRankEBranchformerEncoder
 from espnet_lowrank.model_config import build_model, dense_twin, read_config
 from espnet_lowrank.surgery import factorize_blocks, low_rank_layers
 from espnet_lowrank.tools.merge import merge
@@ -43,7 +43,7 @@ def test_forward_backward_per_group(group, macaron):
     layers = low_rank_layers(encoder)
     expected = 2 if group == "feed_forward" and not macaron else PER_BLOCK[group]
     assert len(layers) == expected * 3
-    assert all(name.split(".", 2)[2] in E_BRANCHFORMER_GROUPS[group] for name, _ in layers)
+    assert all(name.split(".", 2)[2] in LowRankEBranchformerEncoder.LOWRANK_GROUPS[group] for name, _ in layers)
     out, out_lengths, _ = encoder(*_speech())
     assert out.shape == (2, out_lengths.max(), 32)
     (out * torch.randn_like(out)).sum().backward()
@@ -72,7 +72,7 @@ def test_full_rank_reproduces_the_dense_encoder(macaron):
     torch.manual_seed(1)
     dense = EBranchformerEncoder(20, **settings).eval()
     factorised = copy.deepcopy(dense)  # surgery on the dense encoder's own weights
-    factorize_blocks(factorised.encoders, E_BRANCHFORMER_GROUPS, {group: FULL for group in PER_BLOCK})
+    factorize_blocks(factorised.encoders, LowRankEBranchformerEncoder.LOWRANK_GROUPS, {group: FULL for group in PER_BLOCK})
     torch.manual_seed(1)  # our class, from the same random stream
     ours = LowRankEBranchformerEncoder(20, **settings, **{f"lowrank_{group}": FULL for group in PER_BLOCK}).eval()
     per_block = sum(PER_BLOCK.values()) - (0 if macaron else 2)

@@ -7,8 +7,7 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
 from conftest import TINY_ENCODER
 from espnet_lowrank import LowRankConformerEncoder, LowRankTransformerDecoder
-from espnet_lowrank.decoder import DECODER_GROUPS
-from espnet_lowrank.encoder import ENCODER_GROUPS
+from espnet_lowrank.architectures import BY_CHOICE
 from espnet_lowrank.layers import FactorPair, LowRankConv2d, LowRankLinear, LowRankPointwiseConv1d
 from espnet_lowrank.surgery import factorize_blocks, low_rank_layers
 
@@ -41,7 +40,7 @@ def test_encoder_forward_backward(group, mapping, init, macaron):
     expected = 4 if group == "attention" else (2 if group == "convolution" else 4 if macaron else 2)
     layers = low_rank_layers(encoder)
     assert len(layers) == expected * 3
-    assert all(name.split(".", 2)[2] in ENCODER_GROUPS[group] for name, _ in layers)
+    assert all(name.split(".", 2)[2] in BY_CHOICE["lowrank_conformer"].groups[group] for name, _ in layers)
     speech, lengths = _speech()
     out, out_lengths, _ = encoder(speech, lengths)
     assert out.shape == (2, out_lengths.max(), 32)
@@ -84,7 +83,7 @@ def test_full_rank_encoder_reproduces_the_dense_encoder(position):
     # 1) surgery on the dense encoder's own weights
     factorised = copy.deepcopy(dense)
     factorize_blocks(
-        factorised.encoders, ENCODER_GROUPS,
+        factorised.encoders, BY_CHOICE["lowrank_conformer"].groups,
         {"attention": FULL, "feed_forward": FULL, "convolution": FULL},
     )
     # 2) our class, built from the same random stream as the dense one
@@ -125,7 +124,7 @@ def test_decoder_forward_backward_and_beam_scoring(group, mapping):
         11, 32, linear_units=64, num_blocks=3, **{f"lowrank_{group}": MAPPINGS[mapping]}
     )
     layers = low_rank_layers(decoder)
-    assert len(layers) == 3 * len(DECODER_GROUPS[group])
+    assert len(layers) == 3 * len(BY_CHOICE["lowrank_transformer"].groups[group])
     memory, memory_lengths = torch.randn(2, 9, 32), torch.tensor([9, 6])
     out, _ = decoder(memory, memory_lengths, torch.randint(0, 11, (2, 4)), torch.tensor([4, 2]))
     assert out.shape == (2, 4, 11)
@@ -143,7 +142,7 @@ def test_unknown_group_is_refused_with_its_name():
     encoder = ConformerEncoder(20, **TINY_ENCODER)
     with pytest.raises(ValueError, match="encoder_conf.lowrank_attn is not a layer group"):
         factorize_blocks(
-            encoder.encoders, ENCODER_GROUPS, {"attn": FULL}, key_prefix="encoder_conf.lowrank_"
+            encoder.encoders, BY_CHOICE["lowrank_conformer"].groups, {"attn": FULL}, key_prefix="encoder_conf.lowrank_"
         )
 
 

@@ -38,7 +38,8 @@ from typing import List, Optional, Protocol, Sequence
 import yaml
 
 from espnet_lowrank.errors import FREE_SPACE, InputError, nearly_full, one_line_errors
-from espnet_lowrank.model_config import DENSE_TWINS, dense_twin, read_config, uses_low_rank
+from espnet_lowrank.architectures import BY_CHOICE
+from espnet_lowrank.model_config import dense_twin, read_config, uses_low_rank
 from espnet_lowrank.stages import StageError, log, marker
 from espnet_lowrank.stages.asr_inputs import AsrInputs
 from espnet_lowrank.stages.launch import NODE_RANK, Launch, node_lines
@@ -279,7 +280,7 @@ class Factorisation:
 
     def timing(self):
         """Where ``no_slower`` times the layers: this recipe's training batch, on its training device."""
-        from espnet_lowrank.tools.convert import Timing
+        from espnet_lowrank.layer_speed import Timing
 
         stats = self.stage.stats_dir / "train"
         return Timing((str(stats / "speech_shape"), str(stats / f"text_shape.{self.stage.inputs.token_type}")),
@@ -297,7 +298,8 @@ class Factorisation:
                  "--config", str(self.stage.config), *budget, "--out", str(self.out)]]
 
     def run(self) -> None:
-        from espnet_lowrank.tools.convert import convert, convert_by_budget, format_energy, format_ranks
+        from espnet_lowrank.conversion import convert, convert_by_budget
+        from espnet_lowrank.tools.convert import format_energy, format_ranks
 
         dense_config, ratio = self.warmup / "config.yaml", self.stage.param_ratio
         log(f"stage 11: factorise the warmed-up dense model into {self.out}"
@@ -322,7 +324,7 @@ def write_dense_config(config: Path, out: Path) -> None:
     values = read_config(config)
     if not uses_low_rank(values):
         raise StageError(f"stage 11: --lowrank_warmup_epochs needs a low-rank model, but {config} uses neither "
-                         f"{' nor '.join(DENSE_TWINS)}")
+                         f"{' nor '.join(BY_CHOICE)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".tmp")
     partial.write_text(f"# The dense twin of {config} (its low-rank settings off), trained for the warm-up.\n"

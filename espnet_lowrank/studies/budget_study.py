@@ -79,7 +79,7 @@ def convert_once(converted: Path, dense_config: Path, dense_model: Path, ratio: 
     """``convert --param_ratio`` into ``converted``, unless it holds that very conversion: one made with other
     options or from other weights is refused, since decodes and a fine-tuning were made from it."""
     from espnet_lowrank.stages.marker import changes, describe, read_marker, record
-    from espnet_lowrank.tools.convert import convert_by_budget
+    from espnet_lowrank.conversion import convert_by_budget
 
     marker = converted / ".done"
     state = describe([f"param_ratio={ratio}", f"multiple_of={multiple_of}"], [str(dense_config), str(dense_model)])

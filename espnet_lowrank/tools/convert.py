@@ -26,150 +26,15 @@ factors keep.
 """
 
 import argparse
-import os
 import statistics
-import tempfile
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
-import torch
-import yaml
-
-from espnet_lowrank import budget, layer_speed, packing
-from espnet_lowrank.tools.command import command_main
+from espnet_lowrank import budget, packing
+from espnet_lowrank.conversion import convert, convert_by_budget, lowrank_options
 from espnet_lowrank.errors import InputError
-from espnet_lowrank.layers import FactorPair
-from espnet_lowrank.model_files import load_weights
-from espnet_lowrank.model_config import build_model, count_parameters, read_config, training_options
-from espnet_lowrank.surgery import factorize_state_dict
-
-
-def lowrank_options(dense_config, config) -> dict:
-    """The low-rank YAML's options over the dense run's saved ones."""
-    values = read_config(dense_config)
-    values.update(read_config(config))
-    return values
-
-
-def energy_kept(dense_state: Dict[str, torch.Tensor], model) -> List[Dict]:
-    """Per low-rank layer: its group, rank and Σ of the kept singular values²
-    / Σ of all of them."""
-    from espnet_lowrank.tools.report import layer_rows
-
-    rows = []
-    for row in layer_rows(model):
-        layer = model.get_submodule(row.module)
-        matrix = layer.weight_as_matrix(dense_state[f"{row.module}.weight"]).double()
-        squares = torch.linalg.svdvals(matrix).square()
-        rows.append({"module": row.module, "group": f"{row.part} {row.group}", "rank": row.rank,
-                     "energy": (squares[: row.rank].sum() / squares.sum()).item()})
-    return rows
-
-
-def convert(dense_config, dense_model, config, out) -> List[Dict]:
-    """Write the converted state dict to ``out``; returns :func:`energy_kept`."""
-    dense_state = load_weights(dense_model)
-    model = _build(lowrank_options(dense_config, config))
-    state = factorize_state_dict(model, dense_state)
-    model.load_state_dict(state, strict=True)  # the layout Speech2Text and --init_param will see
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    torch.save(state, partial)
-    partial.replace(out)
-    return energy_kept(dense_state, model)
-
-
-#: What a budget converts (the groups of :mod:`espnet_lowrank.budget`): part -> (dense, low-rank) choice names
-BUDGET_TWINS = {"encoder": ("conformer", "lowrank_conformer"), "decoder": ("transformer", "lowrank_transformer")}
-
-
-def budgeted_config(dense_config, dense_model, param_ratio: float, out_config, exclude=(),
-                    multiple_of: int = 8, like=None, allocator: str = "energy",
-                    timing: Optional["Timing"] = None) -> Dict:
-    """Write the low-rank config whose ranks spend ``param_ratio`` of the dense model's parameters
-    (:mod:`espnet_lowrank.budget`); returns the ranks and the parameter counts (and, with the
-    ``no_slower`` allocator, the ranks at which each unit trained slower than dense: ``timing`` says
-    where and on which batch it is measured).
-
-    With ``like`` (a low-rank training YAML), the budget factorises only the layers that config
-    factorises, with its groups' ``multiple_of``, and keeps its other settings (initialisation,
-    subsampling, ...): its mappings are replaced by the chosen explicit ones. Without it, every group
-    but ``exclude`` is budgeted, in multiples of ``multiple_of``."""
-    if not 0 < param_ratio < 1:
-        raise InputError(f"--param_ratio {param_ratio}: the low-rank model's size relative to the dense one, in (0, 1)")
-    dense_values = read_config(dense_config)  # the run's own: its batch and precision are the ones timed
-    for part, (parent, ours) in BUDGET_TWINS.items():
-        if dense_values.get(part) != parent:
-            raise InputError(f"{dense_config}: {part}: {dense_values.get(part)!r}; a budget converts a dense "
-                             f"{part}: {parent} (into {ours})")
-    values = dict(dense_values)
-    model = build_model(dense_config)
-    state = load_weights(dense_model)
-    units = budget.budget_units(model, state, exclude)
-    dense_params = count_parameters(model)
-    if like is None:
-        shaped = model  # every budgeted layer is dense there
-    else:
-        values = lowrank_options(dense_config, like)
-        shaped = _build(values)
-        units = [unit for unit in units
-                 if all(isinstance(shaped.get_submodule(module), FactorPair) for module in unit.modules)]
-        multiple_of = {unit.group_name: _mapping(values, unit).get("multiple_of", 1) for unit in units}
-        for unit in units:  # its mappings give way to the explicit ones below
-            values[f"{unit.part}_conf"].pop(f"lowrank_{unit.group}", None)
-    if not units:
-        groups = [f"{part}.{group}" for part, part_groups in budget._groups().items() for group in part_groups]
-        raise InputError(f"{like}: factorises none of the layers a budget chooses ranks for ({', '.join(groups)})")
-    fixed = budget.fixed_params(shaped, units)
-    target = round(param_ratio * dense_params)
-    slower = None
-    if allocator == "no_slower":
-        timing = timing or Timing()
-        shapes = layer_speed.recipe_inputs(model, dense_values, [m for unit in units for m in unit.modules],
-                                           timing.shape_files)
-        slower = layer_speed.slower_ranks(model, units, shapes, multiple_of, timing.probe(dense_values))
-    ranks = budget.allocate(units, target - fixed, multiple_of, allocator, slower)
-    num_blocks = {"encoder": len(model.encoder.encoders), "decoder": len(model.decoder.decoders)}
-    for part, settings in budget.lowrank_settings(units, ranks, multiple_of, num_blocks).items():
-        values[part] = {**values[part], **settings}
-    for part, (_, ours) in BUDGET_TWINS.items():
-        values[part] = ours
-    values.pop("config", None)  # it was the dense run's YAML
-    values = training_options(values)  # so that run.sh --init_param can train on from it
-    out_config = Path(out_config)
-    out_config.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_config.with_name(f".{out_config.name}.{os.getpid()}.tmp")
-    partial.write_text(yaml.safe_dump(values, sort_keys=False))
-    partial.replace(out_config)
-    return {"ranks": ranks, "units": units, "dense_params": dense_params, "target_params": target,
-            "params": fixed + budget.factorised_params(units, ranks), "slower": slower,
-            "steps": {unit.name: budget.step_of(multiple_of, unit) for unit in units}}
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Where the ``no_slower`` budget times its layers: the recipe's shape files (empty: uniform 12 s
-    utterances) and the device training uses."""
-
-    shape_files: Tuple[str, ...] = ()
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-
-    def probe(self, config: Dict) -> layer_speed.Probe:
-        return layer_speed.Probe(self.device, amp=bool(config.get("use_amp")))
-
-
-def _build(values: Dict):
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "config.yaml"
-        config.write_text(yaml.safe_dump(values))
-        return build_model(config)
-
-
-def _mapping(values: Dict, unit) -> Dict:
-    mapping = values[f"{unit.part}_conf"].get(f"lowrank_{unit.group}")
-    return mapping if isinstance(mapping, dict) else {}
+from espnet_lowrank.layer_speed import Timing
+from espnet_lowrank.tools.command import command_main
 
 
 def format_ranks(result: Dict) -> str:
@@ -238,17 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: beside --out, as config.yaml)")
     parser.add_argument("--out", required=True, help="where to write the low-rank state dict")
     parser.add_argument("--pack", help="also pack the low-rank model into this asr_model.zip")
-
-
-def convert_by_budget(dense_config, dense_model, param_ratio: float, out, exclude=(), multiple_of: int = 8,
-                      out_config=None, like=None, allocator: str = "energy", timing: Optional[Timing] = None):
-    """``--param_ratio``: write the budgeted low-rank config (``out_config``, by default ``config.yaml``
-    beside ``out``) and the dense weights converted into it; returns the config's path,
-    :func:`budgeted_config`'s result and :func:`convert`'s rows."""
-    config = Path(out_config) if out_config else Path(out).with_name("config.yaml")
-    result = budgeted_config(dense_config, dense_model, param_ratio, config, exclude, multiple_of, like, allocator,
-                             timing)
-    return config, result, convert(dense_config, dense_model, config, out)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -11,56 +11,14 @@ model with every low-rank layer dense. ``--json`` prints the same for machines.
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.errors import InputError
+from espnet_lowrank.inventory import INPUT_LAYER_BLOCK, layer_rows
 from espnet_lowrank.model_config import build_model, count_parameters
-
-#: Block number of the encoder's convolutional subsampling (it runs before block 0).
-INPUT_LAYER_BLOCK = -1
-
-
-@dataclass
-class LayerRow:
-    module: str
-    part: str  # encoder | decoder
-    group: str
-    block: int
-    d_in: int
-    d_out: int
-    rank: int
-    ratio: float
-    params: int
-    dense_params: int
-    macs: int
-    dense_macs: int
-
-
-def layer_rows(model) -> List[LayerRow]:
-    from espnet_lowrank.surgery import low_rank_layers
-
-    rows = []
-    for name, layer in low_rank_layers(model):
-        part, stack, rest = name.split(".", 2)
-        if stack == "embed":  # the convolutional subsampling, before block 0
-            group, block = "input_layer", INPUT_LAYER_BLOCK
-        else:
-            index, sub = rest.split(".", 1)
-            groups = model.get_submodule(part).LOWRANK_GROUPS
-            group = next(g for g, paths in groups.items() if sub in paths)
-            block = int(index)
-        rows.append(LayerRow(
-            module=name, part=part, group=group, block=block,
-            d_in=layer.in_features, d_out=layer.out_features, rank=layer.rank,
-            ratio=layer.rank / min(layer.in_features, layer.out_features),
-            params=layer.num_parameters(), dense_params=layer.dense_num_parameters(),
-            macs=layer.macs_per_position(), dense_macs=layer.dense_macs_per_position(),
-        ))
-    return rows
-
 
 def report(config, vocab_size: Optional[int] = None) -> Dict:
     """Per-layer rows and totals for ``config``; ``dense`` totals are the same

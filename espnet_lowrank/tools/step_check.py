@@ -110,7 +110,7 @@ def step_check(config, data_dir, token_list, batches: int = 4, batch_size: int =
     if not layers:
         raise InputError(f"{config} has no low-rank layers to check")
     names = [n for n, _ in layers]
-    from espnet_lowrank.tools.report import layer_rows
+    from espnet_lowrank.inventory import layer_rows
 
     groups = {r.module: f"{r.part} {r.group}" for r in layer_rows(lowrank)}
     per_layer: Dict[str, Dict[str, List[float]]] = {n: {"move": [], "descent": []} for n in names}
