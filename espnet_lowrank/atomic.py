@@ -17,6 +17,7 @@ def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.unlink(missing_ok=True)  # what a killed run of the same pid left
     try:
         yield partial
         os.replace(partial, path)

@@ -28,6 +28,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from espnet_lowrank.atomic import atomic_write
 from espnet_lowrank.errors import InputError, one_line_errors
 
 CHECKPOINT = "checkpoint.pth"
@@ -40,24 +41,18 @@ def atomic_save(obj, f, *args, **kwargs):
     if not isinstance(f, (str, os.PathLike)):
         return _original_save(obj, f, *args, **kwargs)
     target = Path(f)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
+    with atomic_write(target) as partial:
         _original_save(obj, partial, *args, **kwargs)
         if target.name == CHECKPOINT and target.is_file():
             _keep_as(target, target.with_name(PREVIOUS))
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _keep_as(source: Path, destination: Path) -> None:
-    staged = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
-    staged.unlink(missing_ok=True)
-    try:
-        os.link(source, staged)
-    except OSError:  # a file system without hard links
-        shutil.copy2(source, staged)
-    os.replace(staged, destination)
+    with atomic_write(destination) as staged:
+        try:
+            os.link(source, staged)
+        except OSError:  # a file system without hard links
+            shutil.copy2(source, staged)
 
 
 def install_atomic_save() -> None:

@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
+from espnet_lowrank import atomic
 from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.errors import nearly_full, one_line_errors, writing_into
 from espnet_lowrank.stages import StageError, marker
@@ -100,9 +101,7 @@ def decode(
     missing = [k for k in keys if k not in merged]
     # asr_inference writes no line for an utterance decoded to nothing
     text = "".join(f"{k} {merged.get(k, '')}\n" for k in keys)
-    partial = out_dir / "text.tmp"
-    partial.write_text(text)
-    partial.replace(out_dir / "text")
+    atomic.write_text(out_dir / "text", text)
     if missing:
         print(f"stage 12: {len(missing)} utterances decoded to empty text, e.g. {missing[0]}")
     return out_dir / "text"

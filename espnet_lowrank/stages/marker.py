@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from espnet_lowrank import atomic
 from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
 
@@ -161,10 +162,7 @@ def check(marker: Path, stage: str, on_change: str, hint: str, state: dict) -> i
 
 def record(marker: Path, state: dict, finished: bool) -> None:
     target = marker if finished else started_marker(marker)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-    partial.replace(target)
+    atomic.write_text(target, json.dumps(state, indent=1, sort_keys=True) + "\n")
     if finished:
         started_marker(marker).unlink(missing_ok=True)
 

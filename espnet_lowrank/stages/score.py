@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import jiwer
 
+from espnet_lowrank import atomic
 from espnet_lowrank import machine
 from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.errors import one_line_errors
@@ -135,9 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for name in args.test_sets
     }
     text = results_markdown(args.title, args.decode_dir.name, args.model, args.inference_config, scores)
-    partial = args.out.with_suffix(".tmp")
-    partial.write_text(text)
-    partial.replace(args.out)
+    atomic.write_text(args.out, text)
     print(text)
 
 

@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence
 
 import sentencepiece
 
+from espnet_lowrank import atomic
 from espnet_lowrank.kaldi_table import read_table
 from espnet_lowrank.errors import one_line_errors
 from espnet_lowrank.stages import StageError
@@ -60,11 +61,8 @@ def write_token_list(text_file: Path, out_dir: Path, token_type: str, nbpe: int 
         tokens = char_tokens(text_file)
     else:
         raise StageError(f"stage 5: --token_type {token_type!r} is unknown; use bpe or char")
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "tokens.txt"
-    partial = target.with_suffix(".tmp")
-    partial.write_text("\n".join(SPECIALS_FIRST + tokens + SPECIALS_LAST) + "\n", encoding="utf-8")
-    partial.replace(target)
+    atomic.write_text(target, "\n".join(SPECIALS_FIRST + tokens + SPECIALS_LAST) + "\n")
     return target
 
 

@@ -37,6 +37,7 @@ from typing import List, Optional, Protocol, Sequence
 
 import yaml
 
+from espnet_lowrank import atomic
 from espnet_lowrank.errors import FREE_SPACE, InputError, nearly_full, one_line_errors
 from espnet_lowrank.architectures import BY_CHOICE
 from espnet_lowrank.model_config import dense_twin, read_config, uses_low_rank
@@ -325,11 +326,8 @@ def write_dense_config(config: Path, out: Path) -> None:
     if not uses_low_rank(values):
         raise StageError(f"stage 11: --lowrank_warmup_epochs needs a low-rank model, but {config} uses neither "
                          f"{' nor '.join(BY_CHOICE)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".tmp")
-    partial.write_text(f"# The dense twin of {config} (its low-rank settings off), trained for the warm-up.\n"
-                       + yaml.safe_dump(dense_twin(values), sort_keys=False))
-    partial.replace(out)
+    atomic.write_text(out, f"# The dense twin of {config} (its low-rank settings off), trained for the warm-up.\n"
+                      + yaml.safe_dump(dense_twin(values), sort_keys=False))
 
 
 def plan(stage: Stage11) -> List[Step]:
