@@ -16,12 +16,8 @@ COMMANDS = {
     "bench": "espnet_lowrank.tools.bench",
     "convert": "espnet_lowrank.tools.convert",
     "merge": "espnet_lowrank.tools.merge",
-    "step-check": "espnet_lowrank.tools.step_check",
-    "bench-jobs": "espnet_lowrank.tools.bench_jobs",
-    "gpu-check": "espnet_lowrank.studies.gpu_check",
     "compare": "espnet_lowrank.studies.compare",
     "budget-study": "espnet_lowrank.studies.budget_study",
-    "soak": "espnet_lowrank.studies.soak",
 }
 
 

@@ -10,4 +10,4 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-${root}/.venv/bin/python}
 [ -x "${python}" ] || python=python3
-cd "${root}" && exec "${python}" -m espnet_lowrank.cli gpu-check --recipe_dir egs2/embedded/asr1 --out "${1:-gpu_check.md}"
+cd "${root}" && exec "${python}" dev/gpu_check.py --recipe_dir egs2/embedded/asr1 --out "${1:-gpu_check.md}"

@@ -19,10 +19,11 @@ def test_help_lists_every_command():
     assert result.returncode == 0, result.stderr[-2000:]
     listed = re.findall(r"^    ([a-z][a-z-]*)\b", result.stdout, flags=re.M)
     assert listed == list(COMMANDS)
-    tools = sorted(p.stem.replace("_", "-") for p in (PACKAGE / "tools").glob("*.py") if p.stem != "__init__")
-    studies = sorted(p.stem.replace("_", "-") for p in (PACKAGE / "studies").glob("*.py")
-                     if hasattr(importlib.import_module(f"espnet_lowrank.studies.{p.stem}"), "add_arguments"))
-    assert sorted(COMMANDS) == sorted(tools + studies)  # no command module is left out
+    modules = [f"espnet_lowrank.{p.parent.name}.{p.stem}" for folder in ("tools", "studies")
+               for p in (PACKAGE / folder).glob("*.py") if p.stem != "__init__"]
+    commands = sorted(name.rpartition(".")[2].replace("_", "-") for name in modules
+                      if hasattr(importlib.import_module(name), "add_arguments"))
+    assert sorted(COMMANDS) == commands  # no command module is left out
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

@@ -13,12 +13,15 @@ least parsed by the program it calls, and each ```python block compiles.
   it runs here: the options its training stage gives stock ``espnet2.bin.asr_train`` (``--asr_config``,
   ``--asr_args``, ``--pretrained_model``) are parsed by it, stock, in a fresh interpreter;
 - ``python -m espnet_lowrank.checkpoints EXP`` runs on an empty experiment dir; ``python dev/<script>.py
-  ...`` (development harness, run from a checkout) is parsed by the script's own parser;
+  ...`` (development harness, run from a checkout) is parsed by the script's own parser (or run with
+  ``--help``, for a script with its own ``main``);
 - ``make TARGET`` is dry-run (``make -n``), shell scripts and file commands are syntax-checked (``bash -n``).
 
 A command that none of these covers fails the test, naming it.
 """
 
+import argparse
+import importlib
 import re
 import shlex
 import shutil
@@ -70,6 +73,8 @@ def program(words: List[str]) -> List[str]:
     """The words, with a venv's path to its scripts dropped and ``python -m <command module>`` as
     ``espnet-lowrank <command>``."""
     words = [re.sub(r"^(\.\./)*\.venv/bin/", "", words[0]), *words[1:]]
+    if words[0] == "python" and len(words) > 1:  # dev/ run from a recipe dir, as ../../../dev/
+        words[1] = re.sub(r"^(\.\./)+dev/", "dev/", words[1])
     if words[:2] == ["python", "-m"]:
         module = words[2]
         if module == "espnet_lowrank.cli":
@@ -158,8 +163,15 @@ def test_a_command_of_the_docs_works_as_written(where, cwd, line, tmp_path):
         check_configs_exist(words, ROOT)  # the configs a user copies into their recipe
         stock_asr_train_accepts(asr_sh_training_options(words), ROOT)
     elif words[0] == "python" and words[1].startswith("dev/"):
-        result = subprocess.run([sys.executable, *words[1:], "--help"], cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
+        script = importlib.import_module(f"dev.{Path(words[1]).stem}")
+        check_configs_exist(words, cwd)
+        if hasattr(script, "add_arguments"):  # a command's convention: parsed by its own parser
+            parser = argparse.ArgumentParser()
+            script.add_arguments(parser)
+            parse(parser, words[2:])
+        else:
+            result = subprocess.run([sys.executable, *words[1:], "--help"], cwd=ROOT, capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr[-2000:]
     elif words[:3] == ["python", "-m", "espnet_lowrank.checkpoints"]:
         (tmp_path / words[3]).mkdir(parents=True)
         result = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True, text=True)

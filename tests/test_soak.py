@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from espnet_lowrank.errors import InputError
-from espnet_lowrank.studies import soak
+from dev import soak
 from espnet_lowrank.studies.recipe import Recipe
 from tiny_recipe import SPEED_PERTURB, TINY, recipe_dir
 

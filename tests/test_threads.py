@@ -6,7 +6,7 @@ import pytest
 
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.threads import job_environment, main, threads_per_job, usable_cores
-from espnet_lowrank.tools.bench_jobs import omp_num_threads, seconds_per_utterance
+from dev.bench_jobs import omp_num_threads, seconds_per_utterance
 
 
 @pytest.mark.parametrize("exported,jobs,threads", [("2", 2, 1), ("2", 1, 2), ("8", 3, 2), ("1", 4, 1)])

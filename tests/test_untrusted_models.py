@@ -75,7 +75,7 @@ def test_merge_refuses_a_crafted_model(crafted, tmp_path):
 
 
 def test_step_check_refuses_a_crafted_checkpoint(crafted, tmp_path):
-    from espnet_lowrank.tools.step_check import main
+    from dev.step_check import main
     from tiny_data import write_tiny_data
 
     data = write_tiny_data(tmp_path / "data")

@@ -1,6 +1,6 @@
-"""The GPU check: what a lent CUDA machine should measure, in one run: ``espnet-lowrank gpu-check``.
+"""The GPU check: what a lent CUDA machine should measure, in one run: ``python dev/gpu_check.py``.
 
-    espnet-lowrank gpu-check --recipe_dir egs2/embedded/asr1 --out gpu_check.md [--quick]
+    python dev/gpu_check.py --recipe_dir egs2/embedded/asr1 --out gpu_check.md [--quick]
 
 writes one Markdown report (``local/gpu_check.sh`` runs it):
 

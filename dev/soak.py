@@ -1,7 +1,7 @@
 """Soak run.sh under kills: run it end to end, kill it at random moments (SIGKILL, SIGTERM or Ctrl-C's
 SIGINT, to its whole process group as a scheduler or a terminal does), resume with the same command after
 each kill, then check that nothing was lost, done twice or left behind:
-``espnet-lowrank soak --recipe_dir DIR --kills N --seeds S... -- RUN_SH_OPTIONS``.
+``python dev/soak.py --recipe_dir DIR --kills N --seeds S... -- RUN_SH_OPTIONS``.
 
 Each kill aims at a stage (every stage the run passes gets one; the kills beyond those go to training)
 and lands a random time after that stage's log line, so the moments fall in data preparation, training,

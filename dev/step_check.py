@@ -1,6 +1,6 @@
-"""How far one optimiser step moves W = U·V: ``espnet-lowrank step-check CONFIG``.
+"""How far one optimiser step moves W = U·V: ``python dev/step_check.py CONFIG``.
 
-    espnet-lowrank step-check conf/train_asr_lrsms_demo.yaml \\
+    python dev/step_check.py conf/train_asr_lrsms_demo.yaml \\
         --data_dir dump/raw/train --token_list data/token_list/train/char/tokens.txt
 
 Builds the low-rank model of CONFIG and its merged dense twin (every factor

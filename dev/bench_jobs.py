@@ -1,4 +1,4 @@
-"""Stage 12's parallel decoding under each thread setting: ``espnet-lowrank bench-jobs EXP DATA_DIR``.
+"""Stage 12's parallel decoding under each thread setting: ``python dev/bench_jobs.py EXP DATA_DIR``.
 
 Decodes the first ``--utts`` utterances of DATA_DIR with ``--nj`` jobs (the
 stage's own code), settings interleaved in every repeat:
