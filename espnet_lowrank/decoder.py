@@ -1,6 +1,6 @@
 """``lowrank_transformer``: ESPnet's Transformer decoder with factorised sub-layers."""
 
-from typing import Any, Dict, List, Optional
+from typing import List
 
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 from typeguard import typechecked
@@ -8,11 +8,9 @@ from typeguard import typechecked
 from espnet_lowrank._compat import PositionalEncoding
 from espnet_lowrank._passthrough import parent_kwargs
 from espnet_lowrank.architectures import BY_CHOICE
-from espnet_lowrank.frobenius import apply_frobenius_decay
 from espnet_lowrank.guide import GuidedTraining
-from espnet_lowrank.lr_scale import apply_lr_scale
+from espnet_lowrank.options import LowRankOptions, MappingConf
 from espnet_lowrank.strict_loading import CheckedStateDictLoading
-from espnet_lowrank.surgery import factorize_blocks
 
 
 class LowRankTransformerDecoder(GuidedTraining, CheckedStateDictLoading, TransformerDecoder):
@@ -45,15 +43,16 @@ class LowRankTransformerDecoder(GuidedTraining, CheckedStateDictLoading, Transfo
         use_flash_attn: bool = True,
         gradient_checkpoint_layers: List[int] = [],
         use_sdpa: bool = False,
-        lowrank_self_attention: Optional[Dict[str, Any]] = None,
-        lowrank_src_attention: Optional[Dict[str, Any]] = None,
-        lowrank_feed_forward: Optional[Dict[str, Any]] = None,
+        lowrank_self_attention: MappingConf = None,
+        lowrank_src_attention: MappingConf = None,
+        lowrank_feed_forward: MappingConf = None,
         lowrank_init: str = "svd",
         lowrank_dense_init: str = "pytorch",
-        lowrank_guide: Optional[Dict[str, Any]] = None,
+        lowrank_guide: MappingConf = None,
         lowrank_frobenius_decay: float = 0.0,
         lowrank_lr_scale: float = 1.0,
     ):
+        options = LowRankOptions.read("decoder_conf", self.LOWRANK_GROUPS, locals())  # checked before anything is built
         super().__init__(
             **parent_kwargs(
                 TransformerDecoder.__init__,
@@ -62,18 +61,4 @@ class LowRankTransformerDecoder(GuidedTraining, CheckedStateDictLoading, Transfo
                 "decoder_conf",
             )
         )
-        self.lowrank_ranks = factorize_blocks(
-            self.decoders,
-            self.LOWRANK_GROUPS,
-            {
-                "self_attention": lowrank_self_attention,
-                "src_attention": lowrank_src_attention,
-                "feed_forward": lowrank_feed_forward,
-            },
-            init=lowrank_init,
-            dense_init=lowrank_dense_init,
-            key_prefix="decoder_conf.lowrank_",
-        )
-        self.attach_guide(lowrank_guide, "decoder_conf.lowrank_guide")
-        apply_frobenius_decay(self, lowrank_frobenius_decay, "decoder_conf.lowrank_frobenius_decay")
-        apply_lr_scale(self, lowrank_lr_scale, "decoder_conf.lowrank_lr_scale")
+        options.apply(self, self.decoders)

@@ -1,14 +1,14 @@
 """``lowrank_e_branchformer``: ESPnet's E-Branchformer encoder with factorised sub-layers."""
 
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from espnet2.asr.encoder.e_branchformer_encoder import EBranchformerEncoder
 from typeguard import typechecked
 
 from espnet_lowrank._passthrough import parent_kwargs
 from espnet_lowrank.architectures import BY_CHOICE
-from espnet_lowrank.encoder import factorise_encoder
 from espnet_lowrank.guide import GuidedTraining
+from espnet_lowrank.options import LowRankOptions, MappingConf
 from espnet_lowrank.strict_loading import CheckedStateDictLoading
 
 class LowRankEBranchformerEncoder(GuidedTraining, CheckedStateDictLoading, EBranchformerEncoder):
@@ -59,17 +59,18 @@ class LowRankEBranchformerEncoder(GuidedTraining, CheckedStateDictLoading, EBran
         use_flash_attn: bool = True,
         gradient_checkpoint_layers: List[int] = [],
         use_sdpa: bool = False,
-        lowrank_attention: Optional[Dict[str, Any]] = None,
-        lowrank_feed_forward: Optional[Dict[str, Any]] = None,
-        lowrank_cgmlp: Optional[Dict[str, Any]] = None,
-        lowrank_merge: Optional[Dict[str, Any]] = None,
-        lowrank_input_layer: Optional[Dict[str, Any]] = None,
+        lowrank_attention: MappingConf = None,
+        lowrank_feed_forward: MappingConf = None,
+        lowrank_cgmlp: MappingConf = None,
+        lowrank_merge: MappingConf = None,
+        lowrank_input_layer: MappingConf = None,
         lowrank_init: str = "svd",
         lowrank_dense_init: str = "pytorch",
-        lowrank_guide: Optional[Dict[str, Any]] = None,
+        lowrank_guide: MappingConf = None,
         lowrank_frobenius_decay: float = 0.0,
         lowrank_lr_scale: float = 1.0,
     ):
+        options = LowRankOptions.read("encoder_conf", self.LOWRANK_GROUPS, locals())  # checked before anything is built
         super().__init__(
             **parent_kwargs(
                 EBranchformerEncoder.__init__,
@@ -78,19 +79,4 @@ class LowRankEBranchformerEncoder(GuidedTraining, CheckedStateDictLoading, EBran
                 "encoder_conf",
             )
         )
-        factorise_encoder(
-            self,
-            self.LOWRANK_GROUPS,
-            {
-                "attention": lowrank_attention,
-                "feed_forward": lowrank_feed_forward,
-                "cgmlp": lowrank_cgmlp,
-                "merge": lowrank_merge,
-            },
-            lowrank_input_layer,
-            lowrank_init,
-            lowrank_dense_init,
-            lowrank_guide,
-            lowrank_frobenius_decay,
-            lowrank_lr_scale,
-        )
+        options.apply(self, self.encoders, self.embed)

@@ -1,26 +1,15 @@
 """``lowrank_conformer``: ESPnet's Conformer encoder with factorised sub-layers."""
 
-from typing import Any, Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from typeguard import typechecked
 
 from espnet_lowrank._passthrough import parent_kwargs
 from espnet_lowrank.architectures import BY_CHOICE
-from espnet_lowrank.frobenius import apply_frobenius_decay
 from espnet_lowrank.guide import GuidedTraining
-from espnet_lowrank.lr_scale import apply_lr_scale
+from espnet_lowrank.options import LowRankOptions, MappingConf
 from espnet_lowrank.strict_loading import CheckedStateDictLoading
-from espnet_lowrank.surgery import factorize_blocks
-
-#: Factorisable layers of a convolutional subsampling front end
-#: (``input_layer: conv2d*``): the channel-mixing convolutions after the first
-#: (which sees a single channel), nine tenths of its FLOPs. The projection to
-#: ``output_size`` stays dense: nothing bypasses it, so its rank would cap the
-#: rank of everything the encoder sees (measured: at 25% the demo's test WER
-#: went from 33% to 60%, docs/results.md).
-INPUT_LAYER_PATHS = ("conv.2", "conv.4")
-
 
 class LowRankConformerEncoder(GuidedTraining, CheckedStateDictLoading, ConformerEncoder):
     """Conformer encoder whose attention, feed-forward and/or convolution
@@ -73,16 +62,17 @@ class LowRankConformerEncoder(GuidedTraining, CheckedStateDictLoading, Conformer
         qk_norm: bool = False,
         use_flash_attn: bool = True,
         use_sdpa: bool = False,
-        lowrank_attention: Optional[Dict[str, Any]] = None,
-        lowrank_feed_forward: Optional[Dict[str, Any]] = None,
-        lowrank_convolution: Optional[Dict[str, Any]] = None,
-        lowrank_input_layer: Optional[Dict[str, Any]] = None,
+        lowrank_attention: MappingConf = None,
+        lowrank_feed_forward: MappingConf = None,
+        lowrank_convolution: MappingConf = None,
+        lowrank_input_layer: MappingConf = None,
         lowrank_init: str = "svd",
         lowrank_dense_init: str = "pytorch",
-        lowrank_guide: Optional[Dict[str, Any]] = None,
+        lowrank_guide: MappingConf = None,
         lowrank_frobenius_decay: float = 0.0,
         lowrank_lr_scale: float = 1.0,
     ):
+        options = LowRankOptions.read("encoder_conf", self.LOWRANK_GROUPS, locals())  # checked before anything is built
         super().__init__(
             **parent_kwargs(
                 ConformerEncoder.__init__,
@@ -91,42 +81,4 @@ class LowRankConformerEncoder(GuidedTraining, CheckedStateDictLoading, Conformer
                 "encoder_conf",
             )
         )
-        factorise_encoder(
-            self,
-            self.LOWRANK_GROUPS,
-            {
-                "attention": lowrank_attention,
-                "feed_forward": lowrank_feed_forward,
-                "convolution": lowrank_convolution,
-            },
-            lowrank_input_layer,
-            lowrank_init,
-            lowrank_dense_init,
-            lowrank_guide,
-            lowrank_frobenius_decay,
-            lowrank_lr_scale,
-        )
-
-
-def factorise_encoder(
-    encoder, groups, settings, input_layer, init, dense_init, guide, frobenius_decay, lr_scale
-) -> None:
-    """What every low-rank encoder does once its ESPnet parent has built it:
-    factorise the groups of every block and the subsampling's convolutions,
-    then attach the guide, Frobenius decay and learning-rate scale, which all
-    act on the factor pairs. ``encoder.lowrank_ranks`` records the ranks."""
-    encoder.lowrank_ranks = factorize_blocks(
-        encoder.encoders, groups, settings, init=init, dense_init=dense_init, key_prefix="encoder_conf.lowrank_"
-    )
-    input_ranks = factorize_blocks(
-        [encoder.embed],
-        {"input_layer": INPUT_LAYER_PATHS},
-        {"input_layer": input_layer},
-        init=init,
-        dense_init=dense_init,
-        key_prefix="encoder_conf.lowrank_",
-    )
-    encoder.lowrank_ranks.update({"embed." + name.split(".", 1)[1]: rank for name, rank in input_ranks.items()})
-    encoder.attach_guide(guide, "encoder_conf.lowrank_guide")
-    apply_frobenius_decay(encoder, frobenius_decay, "encoder_conf.lowrank_frobenius_decay")
-    apply_lr_scale(encoder, lr_scale, "encoder_conf.lowrank_lr_scale")
+        options.apply(self, self.encoders, self.embed)
