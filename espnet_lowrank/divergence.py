@@ -3,8 +3,10 @@
 ESPnet skips a step whose gradient norm is not finite ("The grad norm is nan. Skipping updating the
 model.") and goes on. One such step is harmless; but once the weights themselves have blown up, every
 later step is one, each epoch's loss reads ``nan``, and ESPnet ends the run *successfully* after an
-epoch in which no step was valid — the pipeline would then decode and score a model that never trained. :class:`DivergenceGuard` watches the
-loss of every training step and ends the run after ``limit`` non-finite ones in a row.
+epoch in which no step was valid — the pipeline would then decode and score a model that never trained.
+:class:`DivergenceGuard` watches the loss of every training step and ends the run after ``limit``
+non-finite ones in a row, or at the end of an epoch none of whose steps had a finite loss, however
+short (a run of 4 epochs × 3 steps never reaches 20 in a row).
 """
 
 import re
@@ -48,32 +50,43 @@ class DivergenceGuard:
         self.output_dir = Path(output_dir)
         self.limit = limit
         self.epoch: Optional[int] = None
-        self.step = 0
+        self.step = 0  # training steps of this epoch
+        self.finite = 0  # of which with a finite loss
         self.in_a_row = 0
 
     def start_epoch(self, epoch: int) -> None:
-        self.epoch, self.step = epoch, 0
+        self.check_epoch_end()  # an epoch without validation ends here
+        self.epoch, self.step, self.finite = epoch, 0, 0
+
+    def check_epoch_end(self) -> None:
+        """The epoch's training is over: refuse it if it trained and not one step had a finite loss."""
+        if self.step and not self.finite:
+            raise TrainingDiverged(self.message(f"no training step of {self.where()} had a finite loss"))
 
     def __call__(self, module: torch.nn.Module, inputs, output) -> None:
-        if not module.training:  # validation's losses are its own business
+        if not module.training:  # validation comes after the epoch's steps; its losses are its own business
+            self.check_epoch_end()
             return
         self.step += 1
         loss = output[0] if isinstance(output, (tuple, list)) else output
         if bool(torch.isfinite(loss.detach()).all()):
+            self.finite += 1
             self.in_a_row = 0
             return
         self.in_a_row += 1
         if self.in_a_row >= self.limit:
-            raise TrainingDiverged(self.message())
+            raise TrainingDiverged(self.message(f"the loss was not finite for {self.in_a_row} steps in a row, "
+                                                f"up to {self.where()}, step {self.step}"))
 
-    def message(self) -> str:
+    def where(self) -> str:
+        return f"epoch {self.epoch}" if self.epoch is not None else "this run"
+
+    def message(self, what: str) -> str:
         good = last_good_checkpoint(self.output_dir)
-        where = f"epoch {self.epoch}, step {self.step}" if self.epoch is not None else f"step {self.step}"
         last = (f"the last checkpoint with finite weights is {good}" if good is not None
                 else "no finished epoch has finite weights yet")
-        return (f"training diverged: the loss was not finite for {self.in_a_row} steps in a row, up to {where}; "
-                f"{last}. Lower the learning rate (optim_conf.lr) or raise its warm-up, and train again "
-                f"(another --asr_tag, or --init_param from that checkpoint)")
+        return (f"training diverged: {what}; {last}. Lower the learning rate (optim_conf.lr) or raise its "
+                f"warm-up, and train again (another --asr_tag, or --init_param from that checkpoint)")
 
 
 def install(model: torch.nn.Module, output_dir: Path, limit: int = DEFAULT_LIMIT) -> DivergenceGuard:
