@@ -24,19 +24,40 @@ FREE_SPACE = "free space there and run the same command again"
 
 def disk_full_message(error: OSError) -> str:
     where = f" writing {error.filename}" if error.filename else ""
-    return f"{os.strerror(error.errno)}{where}: {FREE_SPACE} (finished work is kept)"
+    return f"{error.strerror or os.strerror(error.errno)}{where}: {FREE_SPACE} (finished work is kept)"
 
 
 @contextlib.contextmanager
 def writing_into(directory):
     """Names ``directory`` in a full-disk error that does not say which file it was writing (a failed
-    write or close, unlike a failed open, carries no file name)."""
+    write or close, unlike a failed open, carries no file name); and when the disk there is (nearly)
+    full, whatever the block died of is told as the full disk it most likely is (a writer that meets
+    ENOSPC may fail with an error of its own first, such as a PNG encoder's ``AttributeError``)."""
     try:
         yield
     except OSError as error:
         if error.errno in DISK_FULL and not error.filename:
             raise OSError(error.errno, os.strerror(error.errno), str(directory)) from error
+        if error.errno not in DISK_FULL and _full(directory):
+            raise disk_full_in(directory, error) from error
         raise
+    except Exception as error:
+        if _full(directory):
+            raise disk_full_in(directory, error) from error
+        raise
+
+
+def disk_full_in(directory, error: BaseException) -> OSError:
+    """The full-disk error for ``directory``, saying what the work died of there."""
+    return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (it died of {type(error).__name__}: {error})",
+                   str(directory))
+
+
+def _full(directory) -> bool:
+    try:
+        return nearly_full(directory)
+    except OSError:  # gone, or never made: nothing to say about its disk
+        return False
 
 
 def nearly_full(directory) -> bool:

@@ -85,6 +85,59 @@ def test_a_full_disk_while_writing_a_checkpoint(pipeline, small_disk):
     assert (exp / "3epoch.pth").exists() and (exp / "1epoch.pth").stat().st_mtime_ns == first_epoch
 
 
+#: Loaded by every Python that run.sh starts (PYTHONPATH): the first plot ESPnet's trainer saves into the
+#: small disk fills it first, so that the real PNG writer meets the full disk; it then dies as a probe saw
+#: it die: the ENOSPC under Pillow's ``AttributeError`` lost, the log's last error saying nothing of a disk
+#: (whether the last error is that or an ENOSPC depends on the moment the disk fills and what frees it).
+FILL_AT_FIRST_PLOT = """
+import os
+DISK = {disk!r}
+
+
+def _fill_then_save(original):
+    def savefig(self, fname, *args, **kwargs):
+        if str(fname).startswith(DISK) and not os.path.exists(DISK + "/filler"):
+            descriptor = os.open(DISK + "/filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            for size in (1 << 20, 4096, 1):
+                try:
+                    while True:
+                        os.write(descriptor, b"\\0" * size)
+                except OSError:
+                    pass
+            os.close(descriptor)
+            try:
+                original(self, fname, *args, **kwargs)
+            finally:  # room for the log's last lines, as a disk shared with other jobs may have
+                os.truncate(DISK + "/filler", os.path.getsize(DISK + "/filler") - (64 << 10))
+                raise AttributeError("'_idat' object has no attribute 'fileno'")
+        return original(self, fname, *args, **kwargs)
+    return savefig
+
+
+if os.environ.get("FILL_AT_FIRST_PLOT"):
+    import matplotlib.figure
+    matplotlib.figure.Figure.savefig = _fill_then_save(matplotlib.figure.Figure.savefig)
+"""
+
+
+def test_a_full_disk_met_by_the_training_plots_is_named_whatever_the_plot_writer_dies_of(pipeline, small_disk,
+                                                                                          tmp_path):
+    recipe = pipeline["recipe"]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FILL_AT_FIRST_PLOT.format(disk=str(small_disk)))
+    options = [*TINY, *SPEED_PERTURB, "--expdir", str(small_disk / "exp"), "--asr_tag", "plots", "--stage", "10",
+               "--stop_stage", "11", "--asr_args", "--max_epoch 2 --batch_size 8 --batch_type unsorted"]
+    environment = dict(os.environ, PYTHONPATH=str(hook), FILL_AT_FIRST_PLOT="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(["./run.sh", "--python", sys.executable, *options], cwd=recipe, capture_output=True,
+                            text=True, env=environment)
+    assert (small_disk / "filler").exists(), result.stderr[-3000:]  # the plot was where the disk filled
+    stops_naming_the_full_disk(result, small_disk)
+    (small_disk / "filler").unlink()
+    run(recipe, *options)
+    assert (small_disk / "exp" / "asr_plots" / "2epoch.pth").exists()
+
+
 def test_a_full_disk_while_decoding(pipeline, small_disk):
     recipe = pipeline["recipe"]
     trained, exp = pipeline["exp"], small_disk / "exp" / "asr_tiny_lowrank"
@@ -98,3 +151,24 @@ def test_a_full_disk_while_decoding(pipeline, small_disk):
     run(recipe, *options)
     decoded = next(exp.glob("decode_*/test/text")).read_text().splitlines()
     assert len(decoded) == len((recipe / "dump" / "raw" / "test" / "wav.scp").read_text().splitlines())
+
+
+@pytest.mark.parametrize("died_of", [AttributeError("'_idat' object has no attribute 'fileno'"),
+                                     OSError(5, "Input/output error")])
+def test_whatever_a_stage_dies_of_on_a_nearly_full_disk_is_told_as_the_full_disk(tmp_path, monkeypatch, died_of):
+    """The same rule for every Python stage (writing_into), without a disk to fill: the check says full."""
+    from espnet_lowrank import errors
+
+    monkeypatch.setattr(errors, "nearly_full", lambda directory: True)
+
+    @errors.one_line_errors
+    def stage():
+        with errors.writing_into(tmp_path):
+            raise died_of
+
+    with pytest.raises(SystemExit, match=rf"^ERROR: No space left on device \(it died of {type(died_of).__name__}: "
+                                         rf".*\) writing {tmp_path}: free space there and run the same command"):
+        stage()
+    monkeypatch.setattr(errors, "nearly_full", lambda directory: False)
+    with pytest.raises(type(died_of)):  # with room on the disk, a bug is a bug
+        stage()

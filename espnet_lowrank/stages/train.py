@@ -225,10 +225,13 @@ class Training:
             show_epochs(train_log, epochs, process, start)
         if process.returncode:
             errors = [line for line in train_log.read_text(errors="replace").splitlines() if ERROR_LINE.search(line)]
-            if not errors and nearly_full(self.out):  # the training could not log why
-                errors = [f"{os.strerror(errno.ENOSPC)} in {self.out}"]
-            hint = (f": {FREE_SPACE} (finished epochs are kept)"
-                    if errors and os.strerror(errno.ENOSPC) in errors[-1] else "")
+            full = os.strerror(errno.ENOSPC)
+            if nearly_full(self.out) and not (errors and full in errors[-1]):
+                # it could not log why, or a writer that met the full disk died of an error of its own
+                # (ESPnet's PNG plots: AttributeError: '_idat' object has no attribute 'fileno')
+                died = f" (it died of: {errors[-1].strip()})" if errors else ""
+                errors.append(f"{full} in {self.out}{died}")
+            hint = f": {FREE_SPACE} (finished epochs are kept)" if errors and full in errors[-1] else ""
             raise StageError(f"stage 11 failed: {errors[-1] if errors else f'exit {process.returncode}'} "
                              f"(see {train_log}){hint}")
         if self.finished_marker is not None:
