@@ -218,3 +218,22 @@ def test_the_links_of_the_docs_lead_somewhere(doc):
 
 def test_the_readme_fits_on_one_screen():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 40
+
+
+def named_modules() -> List[Tuple[str, str]]:
+    """Every ``python -m MODULE`` the docs, configs, recipes and scripts name, code spans and comments too."""
+    files = [*DOCS, *(ROOT / "conf").rglob("*.yaml"), *(ROOT / "egs2").rglob("*.sh"), *(ROOT / "local").rglob("*"),
+             ROOT / "run.sh", ROOT / "Makefile"]
+    found = set()
+    for path in files:
+        if path.is_file():
+            for module in re.findall(r"python3? -m ([A-Za-z_][\w.]*)", path.read_text(errors="replace")):
+                found.add((str(path.relative_to(ROOT)), module))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("where, module", named_modules(), ids=[f"{w}: {m}" for w, m in named_modules()])
+def test_every_module_the_docs_and_configs_run_with_python_m_exists(where, module):
+    import importlib.util
+
+    assert importlib.util.find_spec(module) is not None, f"{where} names python -m {module}, which does not exist"
