@@ -1,4 +1,5 @@
-"""Low-rank (W = U·V) Conformer training for ESPnet.
+"""Low-rank (W = U·V) Conformer training for ESPnet: LR-SMS, the Low-Rank Speech Model from Scratch of
+Fernandez-Lopez et al., "Full-Rank No More" (ICASSP 2025), and the tools around it.
 
 Importing the package registers ``encoder: lowrank_conformer``, ``encoder: lowrank_e_branchformer`` and
 ``decoder: lowrank_transformer`` in ESPnet's ASR task when ESPnet's task module loads, so importing us stays

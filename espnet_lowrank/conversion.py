@@ -26,7 +26,7 @@ from espnet_lowrank.inventory import layer_rows
 from espnet_lowrank.layers import FactorPair
 from espnet_lowrank.model_config import build_model, count_parameters, read_config, training_options
 from espnet_lowrank.model_files import load_weights
-from espnet_lowrank.surgery import factorize_state_dict
+from espnet_lowrank.surgery import factorise_state_dict
 
 PARTS = ("encoder", "decoder")
 
@@ -72,7 +72,7 @@ def energy_kept(dense_state: Mapping[str, torch.Tensor], model: nn.Module) -> Li
 def write_converted(model: nn.Module, dense_state: Mapping[str, torch.Tensor], out) -> List[Dict]:
     """The low-rank ``model``'s state dict made from ``dense_state``, written to ``out`` for ESPnet's
     ``--init_param`` or ``Speech2Text``; returns :func:`energy_kept`."""
-    state = factorize_state_dict(model, dense_state)
+    state = factorise_state_dict(model, dense_state)
     model.load_state_dict(state, strict=True)  # the layout Speech2Text and --init_param will see
     with atomic_write(out) as partial:
         torch.save(state, partial)

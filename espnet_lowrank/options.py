@@ -17,7 +17,7 @@ from espnet_lowrank.guide import check_guide_conf
 from espnet_lowrank.layers import DENSE_INITS, FACTOR_INITS
 from espnet_lowrank.lr_scale import apply_lr_scale
 from espnet_lowrank.rank_mapping import build_rank_mapping
-from espnet_lowrank.surgery import factorize_blocks
+from espnet_lowrank.surgery import factorise_blocks
 from espnet_lowrank.validation import check_choice, is_number
 
 #: how a ``lowrank_<group>`` option is typed in our signatures: a rank mapping's YAML dict, or null (dense)
@@ -75,10 +75,10 @@ class LowRankOptions:
         guide, Frobenius decay and learning-rate scale, which act on the factor pairs.
         ``module.lowrank_ranks`` records the ranks."""
         prefix = f"{self.conf}.lowrank_"
-        module.lowrank_ranks = factorize_blocks(blocks, module.LOWRANK_GROUPS, self.groups, init=self.init,
+        module.lowrank_ranks = factorise_blocks(blocks, module.LOWRANK_GROUPS, self.groups, init=self.init,
                                                 dense_init=self.dense_init, key_prefix=prefix)
         if subsampling is not None:
-            ranks = factorize_blocks([subsampling], {"input_layer": INPUT_LAYER_PATHS},
+            ranks = factorise_blocks([subsampling], {"input_layer": INPUT_LAYER_PATHS},
                                      {"input_layer": self.input_layer}, init=self.init, dense_init=self.dense_init,
                                      key_prefix=prefix)
             module.lowrank_ranks.update({"embed." + name.split(".", 1)[1]: rank for name, rank in ranks.items()})

@@ -55,7 +55,7 @@ def low_rank_class(module: nn.Module, name: str):
     )
 
 
-def factorize_blocks(
+def factorise_blocks(
     blocks: Sequence[nn.Module],
     groups: Mapping[str, Sequence[str]],
     settings: Mapping[str, Optional[Mapping[str, Any]]],
@@ -159,7 +159,7 @@ def layers_to(model: nn.Module, key: str, verb: str) -> List[FactorPair]:
     return layers
 
 
-def factorize_state_dict(
+def factorise_state_dict(
     model: nn.Module, dense_state: Mapping[str, torch.Tensor]
 ) -> Dict[str, torch.Tensor]:
     """A state dict for the low-rank ``model`` made from ``dense_state``, the

@@ -15,7 +15,7 @@ from espnet2.tasks.asr import encoder_choices
 
 from espnet_lowrank.e_branchformer import LowRankEBranchformerEncoder
 from espnet_lowrank.model_config import build_model, dense_twin, read_config
-from espnet_lowrank.surgery import factorize_blocks, low_rank_layers
+from espnet_lowrank.surgery import factorise_blocks, low_rank_layers
 from espnet_lowrank.tools.merge import merge
 from tiny_data import train_command, write_tiny_data
 
@@ -72,7 +72,7 @@ def test_full_rank_reproduces_the_dense_encoder(macaron):
     torch.manual_seed(1)
     dense = EBranchformerEncoder(20, **settings).eval()
     factorised = copy.deepcopy(dense)  # surgery on the dense encoder's own weights
-    factorize_blocks(factorised.encoders, LowRankEBranchformerEncoder.LOWRANK_GROUPS, {group: FULL for group in PER_BLOCK})
+    factorise_blocks(factorised.encoders, LowRankEBranchformerEncoder.LOWRANK_GROUPS, {group: FULL for group in PER_BLOCK})
     torch.manual_seed(1)  # our class, from the same random stream
     ours = LowRankEBranchformerEncoder(20, **settings, **{f"lowrank_{group}": FULL for group in PER_BLOCK}).eval()
     per_block = sum(PER_BLOCK.values()) - (0 if macaron else 2)

@@ -9,7 +9,7 @@ from conftest import TINY_ENCODER
 from espnet_lowrank import LowRankConformerEncoder, LowRankTransformerDecoder
 from espnet_lowrank.architectures import BY_CHOICE
 from espnet_lowrank.layers import FactorPair, LowRankConv2d, LowRankLinear, LowRankPointwiseConv1d
-from espnet_lowrank.surgery import factorize_blocks, low_rank_layers
+from espnet_lowrank.surgery import factorise_blocks, low_rank_layers
 
 MAPPINGS = {
     "constant": {"mapping": "constant", "ratio": 0.5},
@@ -82,7 +82,7 @@ def test_full_rank_encoder_reproduces_the_dense_encoder(position):
     dense = ConformerEncoder(20, **settings).eval()
     # 1) surgery on the dense encoder's own weights
     factorised = copy.deepcopy(dense)
-    factorize_blocks(
+    factorise_blocks(
         factorised.encoders, BY_CHOICE["lowrank_conformer"].groups,
         {"attention": FULL, "feed_forward": FULL, "convolution": FULL},
     )
@@ -141,7 +141,7 @@ def test_decoder_forward_backward_and_beam_scoring(group, mapping):
 def test_unknown_group_is_refused_with_its_name():
     encoder = ConformerEncoder(20, **TINY_ENCODER)
     with pytest.raises(ValueError, match="encoder_conf.lowrank_attn is not a layer group"):
-        factorize_blocks(
+        factorise_blocks(
             encoder.encoders, BY_CHOICE["lowrank_conformer"].groups, {"attn": FULL}, key_prefix="encoder_conf.lowrank_"
         )
 

@@ -11,16 +11,16 @@ import yaml
 from espnet_lowrank.stages import StageError
 from espnet_lowrank.stages.asr_inputs import AsrInputs
 from espnet_lowrank.stages.launch import Launch
-from espnet_lowrank.stages.train import Factorisation, Stage11, Training, plan
+from espnet_lowrank.stages.train import Factorisation, TrainingRequest, Training, plan
 from tiny_recipe import ROOT, TINY_CONFIG, recipe_dir, run
 
 TINY_DENSE = ROOT / "tests" / "conf" / "tiny_dense.yaml"
 
 
-def stage(config=TINY_CONFIG, **options) -> Stage11:
+def stage(config=TINY_CONFIG, **options) -> TrainingRequest:
     inputs = AsrInputs("char", Path("data/token_list/train/char/tokens.txt"), Path("dump/raw/train"),
                        Path("dump/raw/dev"))
-    return Stage11(Path(config), Path("exp/asr_x"), inputs, Path("exp/asr_stats_train_char"), **options)
+    return TrainingRequest(Path(config), Path("exp/asr_x"), inputs, Path("exp/asr_stats_train_char"), **options)
 
 
 def asr_train_args(words):

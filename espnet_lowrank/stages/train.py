@@ -55,8 +55,8 @@ ERROR_LINE = re.compile(r"^(ERROR|[A-Za-z.]*(Error|Exception))|^[A-Za-z_.]+: err
 
 
 @dataclass
-class Stage11:
-    """Everything stage 11 needs, as run.sh gives it."""
+class TrainingRequest:
+    """A training as run.sh asks stage 11 for it: config, data, options and the warm-up, if any."""
 
     config: Path
     exp: Path
@@ -175,7 +175,7 @@ class Step(Protocol):
 class Training:
     """One ESPnet training run into ``out``, resumed from its checkpoint if it has one."""
 
-    stage: Stage11
+    stage: TrainingRequest
     title: str
     config: Path
     out: Path
@@ -259,7 +259,7 @@ class Factorisation:
     """The warmed-up dense model, factorised into the config's low-rank model (exact at full rank), or
     with ``--lowrank_param_ratio`` into the ranks a budget chooses from its spectra."""
 
-    stage: Stage11
+    stage: TrainingRequest
     warmup: Path
     epochs: int
 
@@ -333,7 +333,7 @@ def write_dense_config(config: Path, out: Path) -> None:
                       + yaml.safe_dump(dense_twin(values), sort_keys=False))
 
 
-def plan(stage: Stage11) -> List[Step]:
+def plan(stage: TrainingRequest) -> List[Step]:
     """Stage 11's steps, in order."""
     lowrank_epochs = stage.lowrank_epochs()
     if lowrank_epochs == 0:
@@ -351,7 +351,7 @@ def plan(stage: Stage11) -> List[Step]:
     ]
 
 
-def train(stage: Stage11) -> None:
+def train(stage: TrainingRequest) -> None:
     """Stage 11, from where an earlier run of it stopped."""
     from espnet_lowrank.model_config import check_training_config
 
@@ -371,7 +371,7 @@ def train(stage: Stage11) -> None:
         marker.record(done, state, finished=True)
 
 
-def print_commands(stage: Stage11) -> None:
+def print_commands(stage: TrainingRequest) -> None:
     """Stage 11 of this run as command lines to copy (run stages 1-10 first, on storage every node sees)."""
     steps = plan(stage)
     for step in steps:
@@ -380,7 +380,7 @@ def print_commands(stage: Stage11) -> None:
     print("\n".join(node_lines(stage.launch, Path.cwd(), [line for step in steps for line in step.commands()])))
 
 
-def check(stage: Stage11) -> None:
+def check(stage: TrainingRequest) -> None:
     """What would stop stage 11 (or 12) later, refused before anything starts."""
     launch = stage.launch
     launch.check()
@@ -418,7 +418,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", default=Launch.__dataclass_fields__[name].default)
 
 
-def from_args(args: argparse.Namespace) -> Stage11:
+def from_args(args: argparse.Namespace) -> TrainingRequest:
     launch = Launch(args.ngpu, args.num_procs, args.num_nodes, args.node_rank, args.master_addr, args.master_port,
                     args.dist_backend)
     seed = int(args.seed) if str(args.seed).strip() else None
@@ -428,7 +428,7 @@ def from_args(args: argparse.Namespace) -> Stage11:
     except ValueError:
         raise StageError(f"--lowrank_param_ratio {ratio!r}: the low-rank model's share of the dense parameters, "
                          "a number in (0, 1)") from None
-    return Stage11(args.asr_config, args.asr_exp, AsrInputs.from_args(args), args.stats_dir, args.asr_args, seed,
+    return TrainingRequest(args.asr_config, args.asr_exp, AsrInputs.from_args(args), args.stats_dir, args.asr_args, seed,
                    args.lowrank_warmup_epochs, param_ratio, args.lowrank_allocator, args.lowrank_asr_args,
                    args.init_param, launch, args.job_threads)
 
