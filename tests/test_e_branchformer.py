@@ -16,7 +16,7 @@ from espnet2.tasks.asr import encoder_choices
 from espnet_lowrank.e_branchformer import LowRankEBranchformerEncoder
 from espnet_lowrank.model_config import build_model, dense_twin, read_config
 from espnet_lowrank.surgery import factorise_blocks, low_rank_layers
-from espnet_lowrank.tools.merge import merge
+from espnet_lowrank.merging import merge
 from tiny_data import train_command, write_tiny_data
 
 CONF = Path(__file__).resolve().parent / "conf"

@@ -22,7 +22,7 @@ from espnet_lowrank.stages.decode import decode
 from espnet_lowrank.surgery import low_rank_layers
 from espnet_lowrank.packing import pack_model
 from espnet_lowrank.tools import convert
-from espnet_lowrank.tools.merge import merge
+from espnet_lowrank.merging import merge
 from tiny_data import train_command, write_tiny_data
 
 CONF = Path(__file__).resolve().parent / "conf"

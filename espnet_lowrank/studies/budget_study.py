@@ -98,7 +98,7 @@ def study(recipe: Recipe, dense_tag: str, dense_model: str, ratios: Sequence[flo
           test_set: str, inference_config: Path, nj: int, multiple_of: int, run_args: Sequence[str]) -> List[Row]:
     """The study's rows, run from inside the recipe dir (the dense run's saved config names its files
     relative to it)."""
-    from espnet_lowrank.tools import merge
+    from espnet_lowrank.merging import merge
 
     dense_exp = Path("exp") / f"asr_{dense_tag}"
     for needed in (dense_exp / "config.yaml", dense_exp / dense_model):
@@ -124,7 +124,7 @@ def study(recipe: Recipe, dense_tag: str, dense_model: str, ratios: Sequence[flo
                                      fine_tune_seconds=seconds)
         merged = work / f"r{ratio:.2f}_ft{epochs}_merged"
         if not (merged / "model.pth").exists():
-            merge.merge(tuned / "config.yaml", tuned / "valid.acc.ave.pth", merged)
+            merge(tuned / "config.yaml", tuned / "valid.acc.ave.pth", merged)
         merged_row = decode_and_score(f"convert {ratio:.2f} + {epochs} epochs, merged", merged / "config.yaml",
                                       merged / "model.pth", merged, *common)
         merged_row.differing = differing_hypotheses(tuned_row, merged_row)
