@@ -4,11 +4,12 @@ Registration (:mod:`espnet_lowrank.registration`) brings these to every training
 of a model that uses our classes (stock ``espnet2.bin.asr_train`` included)
 and to every training our own ``asr_train`` runs, dense warm-ups too:
 
-* three options ESPnet lacks (:data:`OPTIONS`), so they are in the parser,
+* four options ESPnet lacks (:data:`OPTIONS`), so they are in the parser,
   ``--print_config`` and the run's ``config.yaml``;
 * crash-safe checkpoints (:mod:`espnet_lowrank.checkpoints`);
 * a stop, in one line, for a training whose loss stays non-finite
-  (:mod:`espnet_lowrank.divergence`).
+  (:mod:`espnet_lowrank.divergence`);
+* bf16 autocast for a CPU training, where asked (:mod:`espnet_lowrank.cpu_precision`).
 
 Only a training acts on the options: a model built to decode (``Speech2Text``
 reads them from ``config.yaml`` too) is neither compiled nor guarded.
@@ -20,8 +21,9 @@ from pathlib import Path
 
 from espnet_lowrank import divergence
 from espnet_lowrank.checkpoints import install_atomic_save, recover_checkpoint
+from espnet_lowrank.cpu_precision import SETTINGS, autocast_forward, decide
 
-#: name, type, default and help of each option; the type is the name of one of ESPnet's argument types
+#: name, kind (ESPnet's argument type, or our choices), default and help of each option
 OPTIONS = (
     ("compile", "str2bool", False,
      "torch.compile every encoder and decoder block (dynamic shapes); checkpoints keep their keys"),
@@ -31,6 +33,9 @@ OPTIONS = (
     ("stop_after_nonfinite_steps", "int", divergence.DEFAULT_LIMIT,
      "end the training, naming the last good checkpoint, after this many training steps in a row with a "
      "non-finite loss (0: never)"),
+    ("cpu_bf16", "cpu_bf16", "false",
+     "a CPU training's forward passes in bf16 autocast: true, false, or auto (only where the CPU has native "
+     "bf16: AMX or AVX512-BF16); weights and checkpoints stay fp32, decoding is not affected"),
 )
 NAMES = tuple(name for name, *_ in OPTIONS)
 
@@ -44,10 +49,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
     if f"--{NAMES[0]}" in parser._option_string_actions:
         return
-    types = {"str2bool": str2bool, "int": int}
+    kinds = {"str2bool": {"type": str2bool}, "int": {"type": int}, "cpu_bf16": {"choices": SETTINGS}}
     group = parser.add_argument_group("espnet-lowrank training")
     for name, kind, default, help in OPTIONS:
-        group.add_argument(f"--{name}", type=types[kind], default=default, help=help)
+        group.add_argument(f"--{name}", default=default, help=help, **kinds[kind])
 
 
 def start_worker(args: argparse.Namespace, recover: bool) -> None:
@@ -73,6 +78,10 @@ def prepare_model(model, args: argparse.Namespace) -> None:
 
         compile_blocks(model)
         compiling = True
+    bf16, why = decide(getattr(args, "cpu_bf16", "false"), on_cpu=getattr(args, "ngpu", 0) == 0)
+    if bf16:
+        autocast_forward(model)
+    print(f"asr_train: training in {'bf16 autocast' if bf16 else 'fp32'}: {why}", file=sys.stderr, flush=True)
     limit = getattr(args, "stop_after_nonfinite_steps", divergence.DEFAULT_LIMIT)
     if limit > 0:
         divergence.install(model, Path(args.output_dir), limit)

@@ -1,5 +1,5 @@
 """``python -m espnet_lowrank.bin.asr_train``: ESPnet's ``asr_train``, with
-what registration gives a training of our classes (our three training options,
+what registration gives a training of our classes (our training options,
 crash-safe checkpoints, a one-line stop for a diverged training:
 :mod:`espnet_lowrank.training_extras`) given to every training it runs, dense
 ones too (the recipe's dense warm-up), and what only a run.sh training needs:

@@ -1,0 +1,75 @@
+"""bf16 autocast for a CPU training (``--cpu_bf16``): ``auto`` only where the CPU has native bf16, the
+log says which precision, checkpoints stay fp32 and a run resumes across the setting."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from espnet_lowrank.cpu_precision import autocast_forward, decide, native_bf16_flag
+from espnet_lowrank.model_config import read_config
+from tiny_data import train_command, write_tiny_data
+from tiny_recipe import ROOT
+
+ZEN5 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 vaes\n"
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+
+
+@pytest.fixture
+def cpuinfo(tmp_path):
+    def write(text):
+        (tmp_path / "cpuinfo").write_text(text)
+        return tmp_path / "cpuinfo"
+    return write
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, tmp_path):
+    assert native_bf16_flag(cpuinfo(ZEN5)) == "avx512_bf16"
+    assert native_bf16_flag(cpuinfo(SAPPHIRE_RAPIDS)) == "amx_bf16"
+    assert native_bf16_flag(cpuinfo(AVX2_ONLY)) is None
+    assert native_bf16_flag(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize("setting, text, on_cpu, expected", [
+    ("auto", ZEN5, True, True),
+    ("auto", AVX2_ONLY, True, False),  # emulated bf16 is slower: auto stays fp32
+    ("true", AVX2_ONLY, True, True),
+    ("false", ZEN5, True, False),
+    ("true", ZEN5, False, False),  # CUDA: ESPnet's use_amp decides
+])
+def test_auto_turns_bf16_on_only_where_it_is_native(cpuinfo, setting, text, on_cpu, expected):
+    use, why = decide(setting, on_cpu, cpuinfo(text))
+    assert use is expected and why
+
+
+def test_the_forward_computes_in_bf16_and_the_weights_stay_fp32():
+    model = torch.nn.Linear(8, 8)
+    autocast_forward(model)
+    assert model(torch.randn(2, 8)).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.nn.Linear(8, 8)(torch.randn(2, 8)).dtype == torch.float32  # others untouched
+
+
+def test_a_bf16_training_says_so_saves_fp32_and_resumes_in_fp32(tmp_path):
+    data = write_tiny_data(tmp_path / "data")
+    exp = tmp_path / "exp"
+    command = train_command(sys.executable, ROOT / "tests" / "conf" / "tiny_lowrank.yaml", data, exp)
+    result = subprocess.run([*command, "--cpu_bf16", "true"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "asr_train: training in bf16 autocast: --cpu_bf16 true" in result.stderr
+    assert read_config(exp / "config.yaml")["cpu_bf16"] == "true"
+    state = torch.load(exp / "1epoch.pth")
+    assert all(value.dtype == torch.float32 for value in state.values() if value.is_floating_point())
+    result = subprocess.run([*command, "--cpu_bf16", "false", "--max_epoch", "2", "--resume", "true"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "asr_train: training in fp32: --cpu_bf16 false" in result.stderr and (exp / "2epoch.pth").exists()
+
+
+def test_a_bad_setting_is_refused_by_name(tmp_path):
+    data = write_tiny_data(tmp_path / "data")
+    command = train_command(sys.executable, ROOT / "tests" / "conf" / "tiny_lowrank.yaml", data, tmp_path / "exp")
+    result = subprocess.run([*command, "--cpu_bf16", "yes"], capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "argument --cpu_bf16: invalid choice: 'yes'" in result.stderr
