@@ -64,6 +64,9 @@ ARCHITECTURES = (
 
 BY_CHOICE: Dict[str, Architecture] = {architecture.choice: architecture for architecture in ARCHITECTURES}
 
+#: the parts of an ASR model ours replace, in model order
+PARTS = tuple(dict.fromkeys(a.part for a in ARCHITECTURES))
+
 #: every ``part.blocks`` path that holds an architecture's blocks (``encoder.encoders``)
 BLOCK_CONTAINERS = tuple(dict.fromkeys(f"{a.part}.{a.blocks}" for a in ARCHITECTURES))
 

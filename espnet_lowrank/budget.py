@@ -30,7 +30,7 @@ from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple, 
 import torch
 from torch import nn
 
-from espnet_lowrank.architectures import Architecture, of_dense_module
+from espnet_lowrank.architectures import PARTS, Architecture, of_dense_module
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.rank_mapping import break_even_rank
 from espnet_lowrank.surgery import low_rank_class, submodule_or_none
@@ -40,7 +40,7 @@ def budgeted_parts(dense_model: nn.Module) -> Dict[str, Architecture]:
     """The parts of a dense model a budget may factorise, each with ours that replaces it: those whose
     class one of ours extends (:mod:`espnet_lowrank.architectures`)."""
     parts = {}
-    for part in ("encoder", "decoder"):
+    for part in PARTS:
         module = getattr(dense_model, part, None)
         twin = of_dense_module(module) if module is not None else None
         if twin is not None:

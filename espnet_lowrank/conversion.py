@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 
 from espnet_lowrank import budget, layer_speed
-from espnet_lowrank.architectures import ARCHITECTURES, Architecture, twin_of
+from espnet_lowrank.architectures import ARCHITECTURES, PARTS, Architecture, twin_of
 from espnet_lowrank.atomic import atomic_write, write_text
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.inventory import layer_rows
@@ -27,8 +27,6 @@ from espnet_lowrank.layers import FactorPair
 from espnet_lowrank.model_config import build_model, count_parameters, read_config, training_options
 from espnet_lowrank.model_files import load_weights
 from espnet_lowrank.surgery import factorise_state_dict
-
-PARTS = ("encoder", "decoder")
 
 
 @dataclass
