@@ -4,12 +4,13 @@ Registration (:mod:`espnet_lowrank.registration`) brings these to every training
 of a model that uses our classes (stock ``espnet2.bin.asr_train`` included)
 and to every training our own ``asr_train`` runs, dense warm-ups too:
 
-* four options ESPnet lacks (:data:`OPTIONS`), so they are in the parser,
+* the options ESPnet lacks (:data:`OPTIONS`), so they are in the parser,
   ``--print_config`` and the run's ``config.yaml``;
 * crash-safe checkpoints (:mod:`espnet_lowrank.checkpoints`);
 * a stop, in one line, for a training whose loss stays non-finite
   (:mod:`espnet_lowrank.divergence`);
-* bf16 autocast for a CPU training, where asked (:mod:`espnet_lowrank.cpu_precision`).
+* bf16 autocast for a CPU training, where asked (:mod:`espnet_lowrank.cpu_precision`);
+* a cheaper CPU training step, the same model (:mod:`espnet_lowrank.cpu_step`).
 
 Only a training acts on the options: a model built to decode (``Speech2Text``
 reads them from ``config.yaml`` too) is neither compiled nor guarded.
@@ -19,9 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from espnet_lowrank import divergence
+from espnet_lowrank import cpu_precision, cpu_step, divergence
 from espnet_lowrank.checkpoints import install_atomic_save, recover_checkpoint
-from espnet_lowrank.cpu_precision import SETTINGS, autocast_forward, decide
 
 #: name, kind (ESPnet's argument type, or our choices), default and help of each option
 OPTIONS = (
@@ -36,6 +36,10 @@ OPTIONS = (
     ("cpu_bf16", "cpu_bf16", "false",
      "a CPU training's forward passes in bf16 autocast: true, false, or auto (only where the CPU has native "
      "bf16: AMX or AVX512-BF16); weights and checkpoints stay fp32, decoding is not affected"),
+    ("cpu_step", "cpu_step", "fast",
+     "a cheaper CPU training step, the same model: fast (channels-last 2-D convolutions and dropout masks "
+     "from torch.rand: the same Bernoulli masks, another random stream), channels_last (the layout alone) "
+     "or stock (as stock ESPnet)"),
 )
 NAMES = tuple(name for name, *_ in OPTIONS)
 
@@ -49,7 +53,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
     if f"--{NAMES[0]}" in parser._option_string_actions:
         return
-    kinds = {"str2bool": {"type": str2bool}, "int": {"type": int}, "cpu_bf16": {"choices": SETTINGS}}
+    kinds = {"str2bool": {"type": str2bool}, "int": {"type": int}, "cpu_bf16": {"choices": cpu_precision.SETTINGS},
+             "cpu_step": {"choices": cpu_step.SETTINGS}}
     group = parser.add_argument_group("espnet-lowrank training")
     for name, kind, default, help in OPTIONS:
         group.add_argument(f"--{name}", default=default, help=help, **kinds[kind])
@@ -68,19 +73,23 @@ def prepare_model(model, args: argparse.Namespace) -> None:
     """Apply the options to the model a training has just built."""
     global compiling
 
+    on_cpu = getattr(args, "ngpu", 0) == 0
     if getattr(args, "lowrank_recompute", False):
         from espnet_lowrank.surgery import set_recompute
 
         print(f"asr_train: {set_recompute(model, True)} factorised layers recompute V·x in the backward pass",
               file=sys.stderr, flush=True)
+    step = cpu_step.chosen(getattr(args, "cpu_step", "fast"), "cpu" if on_cpu else "cuda")
+    for done in cpu_step.apply(model, step):
+        print(f"asr_train: {done} (--cpu_step {step})", file=sys.stderr, flush=True)
     if getattr(args, "compile", False):
         from espnet_lowrank.compiling import compile_blocks
 
         compile_blocks(model)
         compiling = True
-    bf16, why = decide(getattr(args, "cpu_bf16", "false"), on_cpu=getattr(args, "ngpu", 0) == 0)
+    bf16, why = cpu_precision.decide(getattr(args, "cpu_bf16", "false"), on_cpu=on_cpu)
     if bf16:
-        autocast_forward(model)
+        cpu_precision.autocast_forward(model)
     print(f"asr_train: training in {'bf16 autocast' if bf16 else 'fp32'}: {why}", file=sys.stderr, flush=True)
     limit = getattr(args, "stop_after_nonfinite_steps", divergence.DEFAULT_LIMIT)
     if limit > 0:

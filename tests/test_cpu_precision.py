@@ -52,20 +52,23 @@ def test_the_forward_computes_in_bf16_and_the_weights_stay_fp32():
     assert torch.nn.Linear(8, 8)(torch.randn(2, 8)).dtype == torch.float32  # others untouched
 
 
-def test_a_bf16_training_says_so_saves_fp32_and_resumes_in_fp32(tmp_path):
+def test_a_bf16_fast_step_training_says_so_saves_fp32_and_resumes_in_fp32_stock(tmp_path):
     data = write_tiny_data(tmp_path / "data")
     exp = tmp_path / "exp"
     command = train_command(sys.executable, ROOT / "tests" / "conf" / "tiny_lowrank.yaml", data, exp)
     result = subprocess.run([*command, "--cpu_bf16", "true"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "asr_train: training in bf16 autocast: --cpu_bf16 true" in result.stderr
+    assert "dropout layers draw their masks from torch.rand (--cpu_step fast)" in result.stderr  # the default
     assert read_config(exp / "config.yaml")["cpu_bf16"] == "true"
     state = torch.load(exp / "1epoch.pth")
     assert all(value.dtype == torch.float32 for value in state.values() if value.is_floating_point())
-    result = subprocess.run([*command, "--cpu_bf16", "false", "--max_epoch", "2", "--resume", "true"],
-                            capture_output=True, text=True, timeout=600)
+    # and resumes as stock ESPnet trains: fp32, native dropout, convolutions in their own layout
+    result = subprocess.run([*command, "--cpu_bf16", "false", "--cpu_step", "stock", "--max_epoch", "2",
+                             "--resume", "true"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "asr_train: training in fp32: --cpu_bf16 false" in result.stderr and (exp / "2epoch.pth").exists()
+    assert "(--cpu_step" not in result.stderr
 
 
 def test_a_bad_setting_is_refused_by_name(tmp_path):

@@ -5,8 +5,9 @@ Times, interleaved row by row in every repeat, (a) a training step
 ESPnet's front end, (b) encoder inference on the same batch, and optionally
 (c) full ``Speech2Text`` decoding of real utterances with trained models
 (real-time factor). A row is a config run one way: eager or compiled
-(``--mode``), fp32 or autocast (``--amp``), and with ``--recompute`` its
-factorised layers memory-lean too. The batch is ``--batch`` utterances, or
+(``--mode``), fp32 or autocast (``--amp``), with a cheaper CPU step or not
+(``--cpu_step``, as a training's), and with ``--recompute`` its factorised
+layers memory-lean too. The batch is ``--batch`` utterances, or
 the one ESPnet's numel sampler builds for ``--batch_bins`` (the recipe's).
 Prints medians, speed-ups against the first row and against the first
 config run the same way, achieved TFLOP/s, the FLOP speed-up (the ceiling;
@@ -17,6 +18,7 @@ with ``--profile N`` the top operators of each row's step.
 
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
 import time
@@ -31,6 +33,7 @@ from tqdm import tqdm
 from espnet_lowrank import machine
 from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.compiling import compile_blocks
+from espnet_lowrank.cpu_step import SETTINGS as CPU_STEPS, apply as apply_cpu_step, chosen as chosen_cpu_step
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.guide import finish_guides
 from espnet_lowrank.model_config import build_model, count_parameters
@@ -52,6 +55,7 @@ class ConfigResult:
     mode: str = "eager"
     amp: str = "none"
     recompute: bool = False
+    cpu_step: str = "stock"
     train_step_s: List[float] = field(default_factory=list)
     encoder_s: List[float] = field(default_factory=list)
     decode_rtf: List[float] = field(default_factory=list)
@@ -64,13 +68,14 @@ class ConfigResult:
     gemm_share: Optional[float] = None
 
     @property
-    def way(self) -> Tuple[str, str]:
+    def way(self) -> Tuple[str, str, str]:
         """How the row runs, apart from its config."""
-        return self.mode, self.amp
+        return self.mode, self.amp, self.cpu_step
 
     @property
     def label(self) -> str:
-        extras = [self.mode] + ([self.amp] if self.amp != "none" else []) + (["recompute"] if self.recompute else [])
+        extras = ([self.mode] + ([self.amp] if self.amp != "none" else []) + (["recompute"] if self.recompute else [])
+                  + [f"{self.cpu_step} step"])
         return f"{Path(self.config).name} [{', '.join(extras)}]"
 
     def median(self, name: str) -> Optional[float]:
@@ -167,9 +172,10 @@ def bench(
     decode_exps: Sequence[str] = (), decode_model: str = "valid.acc.ave.pth",
     decode_wav_scp: Optional[str] = None, decode_utts: int = 10, decode_config: Optional[str] = None,
     modes: Sequence[str] = ("eager",), recompute: bool = False, batch_bins: Optional[int] = None,
-    shape_files: Sequence[str] = (), profile: int = 0,
+    shape_files: Sequence[str] = (), profile: int = 0, cpu_steps: Optional[Sequence[str]] = None,
 ) -> Dict:
     amps = [amp] if isinstance(amp, str) else list(amp)
+    cpu_steps = cpu_steps or [chosen_cpu_step("fast", device)]
     if "compiled" in modes and warmup < 1:
         raise InputError("bench: compiled rows need --warmup 1 or more (the first step compiles)")
     if batch_bins:
@@ -183,9 +189,9 @@ def bench(
         for label, build in _variants(config, vocab):
             for lean in ([False, True] if recompute and _has_factor_pairs(build()) else [False]):
                 for mode in modes:
-                    for row_amp in amps:
+                    for row_amp, step in itertools.product(amps, cpu_steps):
                         rows.append(_Row(build, ConfigResult(config=label, params=0, mode=mode, amp=row_amp,
-                                                             recompute=lean), device, data, scaler))
+                                                             recompute=lean, cpu_step=step), device, data, scaler))
     for row in tqdm(rows, desc="bench (FLOPs and memory)", unit="row"):
         row.count()
     for repeat in tqdm(range(warmup + repeats), desc="bench (train + encoder)", unit="round"):
@@ -205,7 +211,7 @@ def bench(
     return {"machine": _machine(device), "setup": {
         "batch": len(lengths), "seconds": max(lengths) / 16000, "text_length": int(data["text_lengths"].max()),
         "batch_bins": batch_bins, "repeats": repeats, "warmup": warmup, "device": device, "amp": amps,
-        "modes": list(modes), "vocab": vocab, "threads": torch.get_num_threads(),
+        "modes": list(modes), "cpu_step": list(cpu_steps), "vocab": vocab, "threads": torch.get_num_threads(),
     }, "results": [_summarise(r, results) for r in results]}
 
 
@@ -216,6 +222,7 @@ class _Row:
         self.model = build().to(device)
         if result.recompute:
             set_recompute(self.model, True)
+        apply_cpu_step(self.model, result.cpu_step)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5)
         self.result, self.device, self.data, self.scaler = result, device, data, scaler
         result.params = count_parameters(self.model)
@@ -342,15 +349,16 @@ def format_results(result: Dict) -> str:
     setup = result["setup"]
     rows = result["results"]
     names = [Path(r["config"]).name if setup["modes"] == ["eager"] and len(setup["amp"]) == 1 and not
-             any(r["recompute"] for r in rows) else r["label"] for r in rows]
+             any(r["recompute"] for r in rows) and len(setup["cpu_step"]) == 1 else r["label"] for r in rows]
     width = max(34, *map(len, names))
     bins = f", batch_bins {setup['batch_bins']} (ESPnet's numel sampler)" if setup.get("batch_bins") else ""
     lines = [
         f"machine: {result['machine']}",
         f"batch: {setup['batch']} x {setup['seconds']:.2f} s raw audio, {setup['text_length']} tokens, "
         f"vocab {setup['vocab']}{bins}; median of {setup['repeats']} (after {setup['warmup']} warm-up); "
-        f"device {setup['device']}, amp {', '.join(setup['amp'])}, modes {', '.join(setup['modes'])}",
-        "speed-up: against the first row; vs same: against the first config run the same way (mode, amp)",
+        f"device {setup['device']}, amp {', '.join(setup['amp'])}, modes {', '.join(setup['modes'])}, "
+        f"cpu step {', '.join(setup['cpu_step'])}",
+        "speed-up: against the first row; vs same: against the first config run the same way (mode, amp, step)",
         "",
         f"{'config':{width}} {'params':>8} {'train s':>8} {'speed-up':>8} {'vs same':>7} {'TFLOP/s':>7} "
         f"{'FLOP x':>7} {'effic.':>6} {'enc s':>7} {'speed-up':>8} {'saved MB':>8} {'mem MB':>8} {'RTF':>6}",
@@ -399,6 +407,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one row per value (autocast dtype)")
     parser.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compiled"],
                         help="one row per value: compiled = torch.compile on every encoder/decoder block")
+    parser.add_argument("--cpu_step", nargs="+", default=None, choices=CPU_STEPS,
+                        help="one row per value, as asr_train's --cpu_step: fast (channels-last 2-D convolutions, "
+                             "dropout masks from torch.rand), channels_last or stock; default: what a training "
+                             "on --device does (fast on a CPU, stock on CUDA)")
     parser.add_argument("--recompute", action="store_true",
                         help="also a row of each low-rank config with memory-lean factor pairs")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -422,6 +434,7 @@ def run(args: argparse.Namespace) -> None:
         args.warmup, args.device, args.amp, args.decode_exp, args.decode_model,
         args.decode_wav_scp, args.decode_utts, args.decode_config, modes=args.mode,
         recompute=args.recompute, batch_bins=args.batch_bins, shape_files=args.shape_files, profile=args.profile,
+        cpu_steps=args.cpu_step,
     )
     print(json.dumps(result, indent=1) if args.json else format_results(result))
 
