@@ -90,6 +90,7 @@ def prepare_model(model, args: argparse.Namespace) -> None:
     bf16, why = cpu_precision.decide(getattr(args, "cpu_bf16", "false"), on_cpu=on_cpu)
     if bf16:
         cpu_precision.autocast_forward(model)
+        why += f"; oneDNN keeps {cpu_precision.keep_primitives()} primitives"
     print(f"asr_train: training in {'bf16 autocast' if bf16 else 'fp32'}: {why}", file=sys.stderr, flush=True)
     limit = getattr(args, "stop_after_nonfinite_steps", divergence.DEFAULT_LIMIT)
     if limit > 0:

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from espnet_lowrank.cpu_precision import autocast_forward, decide, native_bf16_flag
+from espnet_lowrank.cpu_precision import PRIMITIVE_CACHE, autocast_forward, decide, keep_primitives, native_bf16_flag
 from espnet_lowrank.model_config import read_config
 from tiny_data import train_command, write_tiny_data
 from tiny_recipe import ROOT
@@ -52,6 +52,13 @@ def test_the_forward_computes_in_bf16_and_the_weights_stay_fp32():
     assert torch.nn.Linear(8, 8)(torch.randn(2, 8)).dtype == torch.float32  # others untouched
 
 
+def test_bf16_keeps_more_onednn_primitives_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert keep_primitives() == str(PRIMITIVE_CACHE) and PRIMITIVE_CACHE > 1024  # oneDNN's default
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "500")
+    assert keep_primitives() == "500"
+
+
 def test_a_bf16_fast_step_training_says_so_saves_fp32_and_resumes_in_fp32_stock(tmp_path):
     data = write_tiny_data(tmp_path / "data")
     exp = tmp_path / "exp"
@@ -59,6 +66,7 @@ def test_a_bf16_fast_step_training_says_so_saves_fp32_and_resumes_in_fp32_stock(
     result = subprocess.run([*command, "--cpu_bf16", "true"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "asr_train: training in bf16 autocast: --cpu_bf16 true" in result.stderr
+    assert "oneDNN keeps " in result.stderr
     assert "dropout layers draw their masks from torch.rand (--cpu_step fast)" in result.stderr  # the default
     assert read_config(exp / "config.yaml")["cpu_bf16"] == "true"
     state = torch.load(exp / "1epoch.pth")
