@@ -66,7 +66,7 @@ datadir=data
 python=                 # the Python with espnet_lowrank; default: .venv/bin/python beside run.sh, else python3
 verbose=false           # true: Python tracebacks for expected errors too
 
-options_block() { sed -n '/^# --- options/,/^# --- end of options/p' "$0" | grep -E '^[a-z_]+='; }
+options_block() { sed -n '/^# --- options/,/^# --- end of options/p' "$0" | grep -E '^[a-z][a-z0-9_]*='; }
 option_names() { options_block | cut -d= -f1; }
 help_message() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; echo "Options:"; options_block | sed 's/^/  --/'; }
 # --- end of options ------------------------------------------------------------------------------

@@ -24,10 +24,10 @@ def stage(config=TINY_CONFIG, **options) -> TrainingRequest:
 
 
 def asr_train_args(words):
-    """``words`` as ESPnet's asr_train parses them."""
-    from espnet_lowrank.model_config import asr_task
+    """``words`` as our asr_train parses them (ESPnet's parser with our training options, for every config)."""
+    from espnet_lowrank.model_config import training_parser
 
-    return asr_task().get_parser().parse_args(words)
+    return training_parser().parse_args(words)
 
 
 def test_a_warmup_splits_max_epoch_into_dense_and_low_rank_phases(tmp_path, monkeypatch):
