@@ -49,18 +49,32 @@ def decide(setting: str, on_cpu: bool, cpuinfo: Path = Path("/proc/cpuinfo")) ->
     return True, f"--cpu_bf16 auto: native bf16 ({flag})"
 
 
+#: the parts of an ESPnet ASR model that make its features: ESPnet keeps them out of autocast
+FEATURE_PARTS = ("frontend", "specaug", "normalize")
+
+
 def autocast_forward(model) -> None:
-    """Every forward pass of ``model`` (training and validation) computes in bf16 autocast."""
+    """Every forward pass of ``model`` (training and validation) computes in bf16 autocast, but for its
+    features: as ESPnet's ``encode`` does under CUDA autocast (unless ``autocast_frontend``), the front
+    end, SpecAugment and normalisation stay fp32, so the log-mel features keep their precision."""
     import torch
 
-    forward = model.forward
+    _wrap_forward(model, torch.autocast("cpu", dtype=torch.bfloat16))
+    if not getattr(model, "autocast_frontend", False):
+        for name in FEATURE_PARTS:
+            if getattr(model, name, None) is not None:
+                _wrap_forward(getattr(model, name), torch.autocast("cpu", enabled=False))
+
+
+def _wrap_forward(module, context) -> None:
+    forward = module.forward
 
     @functools.wraps(forward)
-    def forward_in_bf16(*args, **kwargs):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    def forward_in_context(*args, **kwargs):
+        with context:
             return forward(*args, **kwargs)
 
-    model.forward = forward_in_bf16
+    module.forward = forward_in_context
 
 
 def keep_primitives() -> str:

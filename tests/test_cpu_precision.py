@@ -52,6 +52,18 @@ def test_the_forward_computes_in_bf16_and_the_weights_stay_fp32():
     assert torch.nn.Linear(8, 8)(torch.randn(2, 8)).dtype == torch.float32  # others untouched
 
 
+def test_the_features_stay_fp32_as_under_espnets_cuda_autocast():
+    from espnet_lowrank.model_config import build_model
+
+    model = build_model(ROOT / "tests" / "conf" / "tiny_lowrank.yaml", vocab_size=6).train()
+    autocast_forward(model)
+    seen = {}
+    for name in ("frontend", "encoder"):
+        getattr(model, name).register_forward_hook(lambda module, _, out, name=name: seen.update({name: out[0].dtype}))
+    model(torch.randn(2, 8000), torch.tensor([8000, 6000]), torch.randint(1, 4, (2, 5)), torch.tensor([5, 4]))
+    assert seen == {"frontend": torch.float32, "encoder": torch.bfloat16}
+
+
 def test_bf16_keeps_more_onednn_primitives_unless_the_environment_says(monkeypatch):
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     assert keep_primitives() == str(PRIMITIVE_CACHE) and PRIMITIVE_CACHE > 1024  # oneDNN's default

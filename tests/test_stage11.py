@@ -115,15 +115,15 @@ def test_run_sh_adds_up_every_asr_args_and_passes_the_seed(tmp_path):
     assert (parsed.max_epoch, parsed.batch_size, parsed.seed) == (3, 4, 11)
 
 
-def test_run_sh_trains_a_cpu_run_in_cpu_bf16_auto_unless_told_otherwise(tmp_path):
+def test_run_sh_passes_its_cpu_bf16_on_and_asr_args_win(tmp_path):
     recipe = recipe_dir(tmp_path)
-    for options, expected in [((), "auto"), (("--cpu_bf16", "false"), "false"),
-                              (("--cpu_bf16", "false", "--asr_args", "--cpu_bf16 true"), "true")]:  # asr_args win
+    for options, expected in [((), "false"), (("--cpu_bf16", "auto"), "auto"),
+                              (("--cpu_bf16", "auto", "--asr_args", "--cpu_bf16 true"), "true")]:  # asr_args win
         (train,) = printed(recipe, "--asr_config", str(TINY_CONFIG), *options)[1:]
         assert asr_train_args(train[3:]).cpu_bf16 == expected, options
     refused = run(recipe, "--asr_config", str(TINY_CONFIG), "--cpu_bf16", "yes", "--print_launch_cmd", "true",
                   check=False)
-    assert refused.returncode != 0 and "--cpu_bf16 'yes' is unknown; choose one of: auto true false" in refused.stderr
+    assert refused.returncode != 0 and "--cpu_bf16 'yes' is unknown; choose one of: false auto true" in refused.stderr
 
 
 def test_the_printed_warmup_is_its_three_steps_and_the_dense_config_is_written(tmp_path, monkeypatch):
