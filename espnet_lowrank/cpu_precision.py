@@ -84,6 +84,6 @@ def keep_primitives() -> str:
     oneDNN runs the bf16 matrix products and builds (JIT-compiles) a primitive for every shape it meets.
     A recipe's batches come in many lengths, so a training needs thousands of primitives a pass, and
     with the default 1024 it rebuilds them every epoch: on the demo's batch lengths a bf16 step was
-    0.84× as fast as fp32, and 1.17× with 16384 kept (docs/benchmarks.md). oneDNN reads the setting
-    when it builds its first primitive, which a training does after the model is built."""
+    0.84× as fast as fp32, and 1.17× with 16384 kept (docs/benchmarks.md, dev/length_mix.py). oneDNN
+    reads the setting when it builds its first primitive, which a training does after the model is built."""
     return os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE))
