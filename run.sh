@@ -46,7 +46,7 @@ asr_config=conf/train_asr_lrsms_demo.yaml
 inference_config=conf/decode_asr_cpu.yaml
 asr_tag=                # exp/asr_<asr_tag>; default: the config's name
 asr_args=               # extra options for asr_train, e.g. "--max_epoch 3"; given several times, all of them
-cpu_bf16=false          # a CPU training's precision (asr_train --cpu_bf16): false (fp32) | auto (bf16 where the CPU has it natively) | true
+cpu_bf16=               # a CPU training's precision (asr_train --cpu_bf16): false (fp32) | auto (bf16 where the CPU has it natively) | true; default: the config's (fp32 unless it says)
 seed=                   # the training seed (asr_train --seed); default: the config's
 lowrank_warmup_epochs=0 # >0: train the config's dense twin this many epochs, factorise it, go on in low rank
 lowrank_param_ratio=    # with a warm-up: ranks chosen from its trained spectra for this share of the dense parameters (e.g. 0.5); empty: the config's
@@ -113,7 +113,7 @@ one_of corpus embedded librispeech none
 one_of embedded_size tiny demo
 one_of verbose true false
 one_of print_launch_cmd true false
-one_of cpu_bf16 false auto true
+[ -z "${cpu_bf16}" ] || one_of cpu_bf16 false auto true
 [ "${verbose}" = false ] || export ESPNET_LOWRANK_VERBOSE=1
 [ -f "${asr_config}" ] || die "--asr_config ${asr_config} does not exist"
 [ -z "${init_param}" ] || [ -f "${init_param%%:*}" ] || die "--init_param: ${init_param%%:*} does not exist"
@@ -154,7 +154,7 @@ asr_inputs=(--token_type "${token_type}" --token_list "${token_list}" --nj "${nj
   --train_dir "${dumpdir}/raw/${train_sp}" --valid_dir "${dumpdir}/raw/${valid_set}")
 [ "${token_type}" != bpe ] || asr_inputs+=(--bpemodel "${token_dir}/bpe.model")
 training=(--asr_config "${asr_config}" --asr_exp "${asr_exp}" --stats_dir "${stats_dir}" "${asr_inputs[@]}"
-  --asr_args="--cpu_bf16 ${cpu_bf16}${asr_args:+ ${asr_args}}" --seed "${seed}" --lowrank_warmup_epochs "${lowrank_warmup_epochs}"
+  --cpu_bf16 "${cpu_bf16}" --asr_args="${asr_args}" --seed "${seed}" --lowrank_warmup_epochs "${lowrank_warmup_epochs}"
   --lowrank_param_ratio "${lowrank_param_ratio}" --lowrank_allocator "${lowrank_allocator}"
   --lowrank_asr_args="${lowrank_asr_args}"
   --init_param "${init_param}" --job_threads "${job_threads}" --ngpu "${ngpu}" --num_procs "${num_procs}"

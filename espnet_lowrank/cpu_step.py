@@ -22,6 +22,8 @@ import torch
 
 #: the values of ``--cpu_step``
 SETTINGS = ("fast", "channels_last", "stock")
+#: what a training and ``bench`` do unless told otherwise
+DEFAULT = "fast"
 
 
 def chosen(setting: str, device: str) -> str:

@@ -36,7 +36,7 @@ OPTIONS = (
     ("cpu_bf16", "cpu_bf16", "false",
      "a CPU training's forward passes in bf16 autocast: true, false, or auto (only where the CPU has native "
      "bf16: AMX or AVX512-BF16); weights and checkpoints stay fp32, decoding is not affected"),
-    ("cpu_step", "cpu_step", "fast",
+    ("cpu_step", "cpu_step", cpu_step.DEFAULT,
      "a cheaper CPU training step, the same model: fast (channels-last 2-D convolutions and dropout masks "
      "from torch.rand: the same Bernoulli masks, another random stream), channels_last (the layout alone) "
      "or stock (as stock ESPnet)"),
@@ -79,7 +79,7 @@ def prepare_model(model, args: argparse.Namespace) -> None:
 
         print(f"asr_train: {set_recompute(model, True)} factorised layers recompute V·x in the backward pass",
               file=sys.stderr, flush=True)
-    step = cpu_step.chosen(getattr(args, "cpu_step", "fast"), "cpu" if on_cpu else "cuda")
+    step = cpu_step.chosen(getattr(args, "cpu_step", cpu_step.DEFAULT), "cpu" if on_cpu else "cuda")
     for done in cpu_step.apply(model, step):
         print(f"asr_train: {done} (--cpu_step {step})", file=sys.stderr, flush=True)
     if getattr(args, "compile", False):

@@ -115,11 +115,27 @@ def test_run_sh_adds_up_every_asr_args_and_passes_the_seed(tmp_path):
     assert (parsed.max_epoch, parsed.batch_size, parsed.seed) == (3, 4, 11)
 
 
+def test_cpu_bf16_is_its_own_option_and_the_marker_records_it_only_when_on():
+    """Inside --asr_args it changed the marker of every run begun before it, which then refused to resume,
+    and overrode a config's own cpu_bf16."""
+    unset = stage(asr_args="--max_epoch 3", seed=7)
+    assert unset.marker_state()["options"] == {"asr_args": "--max_epoch 3", "lowrank_warmup_epochs": "0", "seed": "7"}
+    assert "--cpu_bf16" not in plan(unset)[0].options()  # the config's, or asr_train's default (false)
+    auto = stage(asr_args="--max_epoch 3", seed=7, cpu_bf16="auto")
+    assert auto.marker_state()["options"]["cpu_bf16"] == "auto"
+    assert asr_train_args(plan(auto)[0].options()).cpu_bf16 == "auto"
+
+
 def test_run_sh_passes_its_cpu_bf16_on_and_asr_args_win(tmp_path):
     recipe = recipe_dir(tmp_path)
-    for options, expected in [((), "false"), (("--cpu_bf16", "auto"), "auto"),
+    for options, expected in [((), "false"), (("--cpu_bf16", "auto"), "auto"),  # unset: asr_train's default
                               (("--cpu_bf16", "auto", "--asr_args", "--cpu_bf16 true"), "true")]:  # asr_args win
         (train,) = printed(recipe, "--asr_config", str(TINY_CONFIG), *options)[1:]
+        assert asr_train_args(train[3:]).cpu_bf16 == expected, options
+    says_auto = tmp_path / "says_auto.yaml"
+    says_auto.write_text(TINY_CONFIG.read_text() + "cpu_bf16: auto\n")
+    for options, expected in [((), "auto"), (("--cpu_bf16", "false"), "false")]:  # the config's, unless told
+        (train,) = printed(recipe, "--asr_config", str(says_auto), *options)[1:]
         assert asr_train_args(train[3:]).cpu_bf16 == expected, options
     refused = run(recipe, "--asr_config", str(TINY_CONFIG), "--cpu_bf16", "yes", "--print_launch_cmd", "true",
                   check=False)

@@ -37,7 +37,7 @@ from typing import List, Optional, Protocol, Sequence
 
 import yaml
 
-from espnet_lowrank import atomic
+from espnet_lowrank import atomic, cpu_precision
 from espnet_lowrank.errors import FREE_SPACE, InputError, nearly_full, one_line_errors
 from espnet_lowrank.architectures import BY_CHOICE
 from espnet_lowrank.model_config import dense_twin, read_config, uses_low_rank
@@ -63,6 +63,7 @@ class TrainingRequest:
     inputs: AsrInputs
     stats_dir: Path
     asr_args: str = ""  # every --asr_args run.sh was given, in order
+    cpu_bf16: Optional[str] = None  # asr_train's --cpu_bf16, before --asr_args so that these win; None: the config's
     seed: Optional[int] = None  # ESPnet's --seed; None: the config's
     warmup_epochs: int = 0
     param_ratio: Optional[float] = None  # after the warm-up: ranks for this share of the dense parameters
@@ -73,15 +74,18 @@ class TrainingRequest:
     job_threads: int = 0
 
     def asr_train_options(self, config: Path, out: Path, phase_options: Sequence[str]) -> List[str]:
-        """One training run's asr_train options: data, statistics, the user's ``--asr_args``, then
-        ``--seed`` and the phase's own, so that these win."""
+        """One training run's asr_train options: data, statistics, ``--cpu_bf16``, the user's
+        ``--asr_args``, then ``--seed`` and the phase's own, so that these win."""
         stats = self.stats_dir
         options = ["--config", str(config), "--output_dir", str(out), "--resume", "true", *self.inputs.options(),
                    "--normalize", "global_mvn", "--normalize_conf", f"stats_file={stats}/train/feats_stats.npz"]
         for part in ("train", "valid"):
             options += [f"--{part}_shape_file", f"{stats}/{part}/speech_shape",
                         f"--{part}_shape_file", f"{stats}/{part}/text_shape.{self.inputs.token_type}"]
-        options += ["--fold_length", "80000", "--fold_length", "150", *shlex.split(self.asr_args)]
+        options += ["--fold_length", "80000", "--fold_length", "150"]
+        if self.cpu_bf16 is not None:
+            options += ["--cpu_bf16", self.cpu_bf16]
+        options += shlex.split(self.asr_args)
         if self.seed is not None:
             options += ["--seed", str(self.seed)]
         options += list(phase_options)
@@ -102,6 +106,8 @@ class TrainingRequest:
             inputs.append(self.init_param.split(":")[0])
         if self.seed is not None:
             options.append(f"seed={self.seed}")
+        if self.cpu_bf16 is not None:
+            options.append(f"cpu_bf16={self.cpu_bf16}")
         if self.param_ratio is not None:
             options.append(f"lowrank_param_ratio={self.param_ratio}")
             if self.allocator != "energy":
@@ -404,6 +410,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     AsrInputs.add_arguments(parser)
     parser.add_argument("--asr_args", default="")
     parser.add_argument("--seed", default="", help="ESPnet's --seed; empty: the config's")
+    parser.add_argument("--cpu_bf16", default="", choices=("", *cpu_precision.SETTINGS),
+                        help="a CPU training's precision (asr_train --cpu_bf16); empty: the config's")
     parser.add_argument("--lowrank_warmup_epochs", type=int, default=0)
     parser.add_argument("--lowrank_param_ratio", default="", help="empty: the config's ranks")
     parser.add_argument("--lowrank_allocator", default="energy", help="how a --lowrank_param_ratio budget "
@@ -428,8 +436,8 @@ def from_args(args: argparse.Namespace) -> TrainingRequest:
     except ValueError:
         raise StageError(f"--lowrank_param_ratio {ratio!r}: the low-rank model's share of the dense parameters, "
                          "a number in (0, 1)") from None
-    return TrainingRequest(args.asr_config, args.asr_exp, AsrInputs.from_args(args), args.stats_dir, args.asr_args, seed,
-                   args.lowrank_warmup_epochs, param_ratio, args.lowrank_allocator, args.lowrank_asr_args,
+    return TrainingRequest(args.asr_config, args.asr_exp, AsrInputs.from_args(args), args.stats_dir, args.asr_args,
+                           args.cpu_bf16 or None, seed, args.lowrank_warmup_epochs, param_ratio, args.lowrank_allocator, args.lowrank_asr_args,
                    args.init_param, launch, args.job_threads)
 
 

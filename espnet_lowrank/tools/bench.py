@@ -33,7 +33,8 @@ from tqdm import tqdm
 from espnet_lowrank import machine
 from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.compiling import compile_blocks
-from espnet_lowrank.cpu_step import SETTINGS as CPU_STEPS, apply as apply_cpu_step, chosen as chosen_cpu_step
+from espnet_lowrank.cpu_step import DEFAULT as DEFAULT_CPU_STEP, SETTINGS as CPU_STEPS, apply as apply_cpu_step
+from espnet_lowrank.cpu_step import chosen as chosen_cpu_step
 from espnet_lowrank.errors import InputError
 from espnet_lowrank.guide import finish_guides
 from espnet_lowrank.model_config import build_model, count_parameters
@@ -175,7 +176,7 @@ def bench(
     shape_files: Sequence[str] = (), profile: int = 0, cpu_steps: Optional[Sequence[str]] = None,
 ) -> Dict:
     amps = [amp] if isinstance(amp, str) else list(amp)
-    cpu_steps = cpu_steps or [chosen_cpu_step("fast", device)]
+    cpu_steps = cpu_steps or [chosen_cpu_step(DEFAULT_CPU_STEP, device)]
     if "compiled" in modes and warmup < 1:
         raise InputError("bench: compiled rows need --warmup 1 or more (the first step compiles)")
     if batch_bins:
