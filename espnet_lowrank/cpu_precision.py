@@ -60,6 +60,14 @@ def autocast_forward(model) -> None:
     import torch
 
     _wrap_forward(model, torch.autocast("cpu", dtype=torch.bfloat16))
+    features_outside_autocast(model)
+
+
+def features_outside_autocast(model) -> None:
+    """The front end, SpecAugment and normalisation of ``model`` compute in fp32 under CPU autocast
+    (unless ``autocast_frontend``), as ESPnet's ``encode`` keeps them under CUDA autocast."""
+    import torch
+
     if not getattr(model, "autocast_frontend", False):
         for name in FEATURE_PARTS:
             if getattr(model, name, None) is not None:

@@ -1,6 +1,7 @@
 """bf16 autocast for a CPU training (``--cpu_bf16``): ``auto`` only where the CPU has native bf16, the
 log says which precision, checkpoints stay fp32 and a run resumes across the setting."""
 
+import contextlib
 import subprocess
 import sys
 
@@ -52,15 +53,31 @@ def test_the_forward_computes_in_bf16_and_the_weights_stay_fp32():
     assert torch.nn.Linear(8, 8)(torch.randn(2, 8)).dtype == torch.float32  # others untouched
 
 
-def test_the_features_stay_fp32_as_under_espnets_cuda_autocast():
+def _training_model(config):
     from espnet_lowrank.model_config import build_model
 
-    model = build_model(ROOT / "tests" / "conf" / "tiny_lowrank.yaml", vocab_size=6).train()
+    model = build_model(config, vocab_size=6).train()
     autocast_forward(model)
+    return model, contextlib.nullcontext()
+
+
+def _bench_row(config):
+    from espnet_lowrank.model_config import build_model
+    from espnet_lowrank.tools import bench
+
+    row = bench._Row(lambda: build_model(config, vocab_size=6), bench.ConfigResult(str(config), 0, amp="bf16"),
+                     "cpu", {}, torch.amp.GradScaler("cpu", enabled=False))
+    return row.model.train(), bench.autocast("cpu", "bf16")
+
+
+@pytest.mark.parametrize("prepared", [_training_model, _bench_row], ids=["training", "bench"])
+def test_the_features_stay_fp32_as_under_espnets_cuda_autocast(prepared):
+    model, context = prepared(ROOT / "tests" / "conf" / "tiny_lowrank.yaml")
     seen = {}
     for name in ("frontend", "encoder"):
         getattr(model, name).register_forward_hook(lambda module, _, out, name=name: seen.update({name: out[0].dtype}))
-    model(torch.randn(2, 8000), torch.tensor([8000, 6000]), torch.randint(1, 4, (2, 5)), torch.tensor([5, 4]))
+    with context:
+        model(torch.randn(2, 8000), torch.tensor([8000, 6000]), torch.randint(1, 4, (2, 5)), torch.tensor([5, 4]))
     assert seen == {"frontend": torch.float32, "encoder": torch.bfloat16}
 
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from espnet_lowrank import machine
 from espnet_lowrank.tools.command import command_main
 from espnet_lowrank.compiling import compile_blocks
+from espnet_lowrank.cpu_precision import features_outside_autocast
 from espnet_lowrank.cpu_step import DEFAULT as DEFAULT_CPU_STEP, SETTINGS as CPU_STEPS, apply as apply_cpu_step
 from espnet_lowrank.cpu_step import chosen as chosen_cpu_step
 from espnet_lowrank.errors import InputError
@@ -224,6 +225,8 @@ class _Row:
         if result.recompute:
             set_recompute(self.model, True)
         apply_cpu_step(self.model, result.cpu_step)
+        if device == "cpu":  # as a bf16 CPU training computes them
+            features_outside_autocast(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5)
         self.result, self.device, self.data, self.scaler = result, device, data, scaler
         result.params = count_parameters(self.model)
