@@ -70,8 +70,10 @@ def test_the_docs_show_commands():
 
 
 def program(words: List[str]) -> List[str]:
-    """The words, with a venv's path to its scripts dropped and ``python -m <command module>`` as
-    ``espnet-lowrank <command>``."""
+    """The words, without the environment assignments before them, with a venv's path to its scripts
+    dropped and ``python -m <command module>`` as ``espnet-lowrank <command>``."""
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=\S*", words[0]):
+        words = words[1:]
     words = [re.sub(r"^(\.\./)*\.venv/bin/", "", words[0]), *words[1:]]
     if words[0] == "python" and len(words) > 1:  # dev/ run from a recipe dir, as ../../../dev/
         words[1] = re.sub(r"^(\.\./)+dev/", "dev/", words[1])
