@@ -437,8 +437,8 @@ def from_args(args: argparse.Namespace) -> TrainingRequest:
         raise StageError(f"--lowrank_param_ratio {ratio!r}: the low-rank model's share of the dense parameters, "
                          "a number in (0, 1)") from None
     return TrainingRequest(args.asr_config, args.asr_exp, AsrInputs.from_args(args), args.stats_dir, args.asr_args,
-                           args.cpu_bf16 or None, seed, args.lowrank_warmup_epochs, param_ratio, args.lowrank_allocator, args.lowrank_asr_args,
-                   args.init_param, launch, args.job_threads)
+                           args.cpu_bf16 or None, seed, args.lowrank_warmup_epochs, param_ratio,
+                           args.lowrank_allocator, args.lowrank_asr_args, args.init_param, launch, args.job_threads)
 
 
 @one_line_errors
