@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from espnet_lowrank import cpu_step
 from tests.test_run_sh import ROOT, TINY_CONFIG, recipe_dir, run
 
 TINY_DENSE = ROOT / "tests" / "conf" / "tiny_dense.yaml"
@@ -151,7 +152,7 @@ def test_the_gpu_checks_bench_runs_compiled_and_memory_lean_rows_on_the_cpu(tmp_
     report = out.read_text()
     assert "### bench at the recipe's batch, amp bf16" in report
     assert "batch_bins 120000 (ESPnet's numel sampler)" in report
-    step = "fast" if not torch.cuda.is_available() else "stock"  # the step a training on that device takes
+    step = cpu_step.chosen(cpu_step.DEFAULT, "cuda" if torch.cuda.is_available() else "cpu")  # as a training's
     for row in ("tiny_dense.yaml [eager, bf16", "tiny_dense.yaml [compiled, bf16",
                 "tiny_lowrank.yaml [compiled, bf16, recompute"):
         assert f"{row}, {step} step]" in report
