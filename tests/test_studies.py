@@ -64,16 +64,17 @@ def test_compare_trains_decodes_and_tabulates_two_configs_from_a_non_editable_in
 
     tokens = yaml.safe_load((pipeline["recipe"] / "exp" / "asr_tiny_dense" / "config.yaml").read_text())["token_list"]
     assert runs[1]["runs"][0]["params"] == count_parameters(build_model(second, token_list=tokens))
+    assert runs[1]["runs"][0]["width"] == yaml.safe_load(second.read_text())["encoder_conf"]["output_size"]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert (out.parent / "compare_wer.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compare_says_how_far_one_seed_strays_from_its_mean_and_plots_wer_against_parameters(tmp_path):
-    from espnet_lowrank.studies.compare_table import Run, markdown, plot_wer
+    from espnet_lowrank.studies.compare_table import Run, _wer_label, markdown, plot_wer
 
     def run(seed, params, wer):
-        return Run(tag=f"x_seed{seed}", seed=seed, params=params, epochs=[1], valid_acc=[0.5], valid_loss=[1.0],
-                   train_seconds=60.0, wer=wer, cer=wer / 3)
+        return Run(tag=f"x_seed{seed}", seed=seed, params=params, width=params // 20_000, epochs=[1],
+                   valid_acc=[0.5], valid_loss=[1.0], train_seconds=60.0, wer=wer, cer=wer / 3)
 
     rows = [{"name": "dense.yaml", "runs": [run(1, 4_000_000, 25.0), run(2, 4_000_000, 27.0)]},
             {"name": "lowrank.yaml", "runs": [run(1, 2_000_000, 28.0), run(2, 2_000_000, 31.6),
@@ -88,6 +89,9 @@ def test_compare_says_how_far_one_seed_strays_from_its_mean_and_plots_wer_agains
     assert "distance" not in markdown(rows[2:])
     plot_wer(rows, tmp_path / "wer.png", "eval")
     assert (tmp_path / "wer.png").read_bytes()[:4] == b"\x89PNG"
+    # a study of width tells its points apart by width as well as by parameters
+    assert _wer_label(rows[1]) == "lowrank.yaml (100 wide, 3 runs)"
+    assert _wer_label(rows[2]) == "one_seed.yaml (150 wide, 1 run)"
 
 
 def test_compare_entries_carry_their_options_and_seeds(tmp_path):
@@ -148,7 +152,8 @@ def test_compare_jobs_trains_runs_side_by_side_and_does_not_compare_their_times(
 
     monkeypatch.setattr(Recipe, "run", run_sh)
     monkeypatch.setattr(tool, "summarise", lambda recipe, run, test_set: Run(
-        tag=run.tag, seed=run.seed, params=2_000_000 if "first" in run.tag else 1_000_000, epochs=[1, 2],
+        tag=run.tag, seed=run.seed, params=2_000_000 if "first" in run.tag else 1_000_000, width=144,
+        epochs=[1, 2],
         valid_acc=[0.5, 0.6], valid_loss=[2.0, 1.0], train_seconds=120.0, wer=20.0, cer=5.0))
     monkeypatch.setenv("OMP_NUM_THREADS", "6")
     out = tmp_path / "results" / "study"

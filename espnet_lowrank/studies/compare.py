@@ -51,7 +51,7 @@ def summarise(recipe: Recipe, run: PlannedRun, test_set: str) -> Run:
     # guides, if any, gone; its feature statistics hold no parameters and are named relative to the recipe
     decoded = finish_guides(build_model(exp / "config.yaml", overrides={"normalize": None}))
     return Run(
-        tag=run.tag, seed=run.seed, params=count_parameters(decoded),
+        tag=run.tag, seed=run.seed, params=count_parameters(decoded), width=decoded.encoder.output_size(),
         epochs=history["epochs"], valid_acc=history["valid_acc"], valid_loss=history["valid_loss"],
         train_seconds=sum(history["seconds"]), wer=scores["WER"].error_rate, cer=scores["CER"].error_rate,
     )

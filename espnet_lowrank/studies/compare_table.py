@@ -14,6 +14,7 @@ class Run:
     tag: str
     seed: int
     params: int
+    width: int  # the encoder's output size: what a study of width puts on its plot
     epochs: List[int]
     valid_acc: List[float]
     valid_loss: List[float]
@@ -87,8 +88,10 @@ def plot_wer(rows: List[Dict], path: Path, test_set: str = "test") -> None:
         params, wers = runs[0].params / 1e6, [run.wer for run in runs]
         mean = statistics.mean(wers)
         axis.errorbar([params], [mean], yerr=[[mean - min(wers)], [max(wers) - mean]], color=colour, marker="o",
-                      markersize=8, capsize=5, label=f"{row['name']} ({len(runs)} run{'s' * (len(runs) > 1)})")
+                      markersize=8, capsize=5, label=_wer_label(row))
         axis.scatter([params] * len(wers), wers, color=colour, s=14, alpha=0.5)
+        axis.annotate(f"{runs[0].width} wide", (params, mean), xytext=(6, 6), textcoords="offset points",
+                      fontsize=7, color=colour)
     axis.set(title=f"{test_set} WER against parameters (mean; bar: range over seeds; dots: runs)",
              xlabel="parameters (M)", ylabel=f"{test_set} WER %")
     axis.grid(alpha=0.3)
@@ -96,6 +99,11 @@ def plot_wer(rows: List[Dict], path: Path, test_set: str = "test") -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
+
+
+def _wer_label(row: Dict) -> str:
+    runs = row["runs"]
+    return f"{row['name']} ({runs[0].width} wide, {len(runs)} run{'s' * (len(runs) > 1)})"
 
 
 def plot(rows: List[Dict], path: Path) -> None:
