@@ -53,7 +53,7 @@ def _doc_table():
     librispeech, demo = (ROOT / "docs" / "configs.md").read_text().split("## Demo-size configs")
     rows = [("tuning", 5000, *row) for row in re.findall(pattern, librispeech, flags=re.M)]
     rows += [("compare", 28, *row) for row in re.findall(pattern, demo, flags=re.M)]
-    assert len(rows) == 11 + 18
+    assert len(rows) == 11 + 21
     return rows
 
 
