@@ -153,8 +153,7 @@ def test_compare_jobs_trains_runs_side_by_side_and_does_not_compare_their_times(
     monkeypatch.setattr(Recipe, "run", run_sh)
     monkeypatch.setattr(tool, "summarise", lambda recipe, run, test_set: Run(
         tag=run.tag, seed=run.seed, params=2_000_000 if "first" in run.tag else 1_000_000, width=144,
-        epochs=[1, 2],
-        valid_acc=[0.5, 0.6], valid_loss=[2.0, 1.0], train_seconds=120.0, wer=20.0, cer=5.0))
+        epochs=[1, 2], valid_acc=[0.5, 0.6], valid_loss=[2.0, 1.0], train_seconds=120.0, wer=20.0, cer=5.0))
     monkeypatch.setenv("OMP_NUM_THREADS", "6")
     out = tmp_path / "results" / "study"
     table = tool.compare(recipe, [Entry(configs[0]), Entry(configs[1], seeds=[2022, 7])], out,

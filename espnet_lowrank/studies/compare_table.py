@@ -90,8 +90,6 @@ def plot_wer(rows: List[Dict], path: Path, test_set: str = "test") -> None:
         axis.errorbar([params], [mean], yerr=[[mean - min(wers)], [max(wers) - mean]], color=colour, marker="o",
                       markersize=8, capsize=5, label=_wer_label(row))
         axis.scatter([params] * len(wers), wers, color=colour, s=14, alpha=0.5)
-        axis.annotate(f"{runs[0].width} wide", (params, mean), xytext=(6, 6), textcoords="offset points",
-                      fontsize=7, color=colour)
     axis.set(title=f"{test_set} WER against parameters (mean; bar: range over seeds; dots: runs)",
              xlabel="parameters (M)", ylabel=f"{test_set} WER %")
     axis.grid(alpha=0.3)
